@@ -1,0 +1,16 @@
+"""fedjax_lab: compare federated and low-communication training methods in JAX.
+
+The public API, re-exported flat (as optax does).
+"""
+
+from fedjax_lab import outer
+from fedjax_lab.comm import compress
+from fedjax_lab.engine import DEFAULT_AXIS, Engine, TrainState, replica_mesh
+from fedjax_lab.outer import OuterAlgorithm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_AXIS", "Engine", "OuterAlgorithm", "TrainState", "compress",
+    "outer", "replica_mesh",
+]

@@ -1,0 +1,78 @@
+"""The registry of outer algorithms: `get(name, **hparams)`.
+
+A plain dict from name to factory (no registration at import time). Every
+factory takes keyword-only hyperparameters and validates them.
+"""
+
+import inspect
+from typing import Callable, Dict
+
+from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs, optax_outer
+from fedjax_lab.outer.ddp import ddp
+from fedjax_lab.outer.diloco import diloco
+from fedjax_lab.outer.easgd import easgd
+from fedjax_lab.outer.fedavg import fedavg, fedavgm
+from fedjax_lab.outer.fedopt import fedadagrad, fedadam, fedyogi, scale_by_fedopt
+from fedjax_lab.outer.fedprox import fedprox
+from fedjax_lab.outer.papa import papa, papa_2, papa_all
+
+REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
+    "fedavg": fedavg,
+    "fedavgm": fedavgm,
+    "fedadam": fedadam,
+    "fedyogi": fedyogi,
+    "fedadagrad": fedadagrad,
+    "diloco": diloco,
+    "easgd": easgd,
+    "fedprox": fedprox,
+    "papa": papa,
+    "papa_all": papa_all,
+    "papa_2": papa_2,
+    "ddp": ddp,
+}
+
+
+def names():
+  """The registered names, sorted."""
+  return sorted(REGISTRY)
+
+
+def hparams(name: str) -> Dict[str, object]:
+  """The hyperparameters `name` accepts, with their defaults."""
+  factory = _factory(name)
+  return {k: p.default for k, p in inspect.signature(factory).parameters.items()}
+
+
+def _factory(name: str) -> Callable[..., OuterAlgorithm]:
+  if name not in REGISTRY:
+    raise ValueError(f"outer.name: unknown outer algorithm {name!r}; "
+                     f"known: {', '.join(names())}")
+  return REGISTRY[name]
+
+
+def get(name: str, **hparams_) -> OuterAlgorithm:
+  """Builds the outer algorithm `name` with keyword hyperparameters.
+
+  Raises:
+    ValueError: unknown name (lists the known ones), unknown hyperparameter
+      (lists the allowed ones) or a value outside its range (names the field).
+  """
+  factory = _factory(name)
+  allowed = inspect.signature(factory).parameters
+  unknown = sorted(set(hparams_) - set(allowed))
+  if unknown:
+    raise ValueError(
+        f"outer algorithm {name!r}: unknown hyperparameter(s) {unknown}; "
+        f"allowed: {', '.join(allowed) or 'none'}")
+  try:
+    return factory(**hparams_)
+  except ValueError as e:
+    raise ValueError(f"outer algorithm {name!r}: {e}") from None
+
+
+__all__ = [
+    "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
+    "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
+    "papa_all", "papa_2",
+]
