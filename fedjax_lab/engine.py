@@ -395,7 +395,7 @@ class Engine:
     metrics = {
         "loss": ops.sum(jnp.where(ok, loss_i, 0.0)) / jnp.maximum(n_ok, 1),
         "replica_loss": loss_i,
-        "outer_grad_norm": optax.global_norm(delta),
+        "outer_grad_norm": optax.tree.norm(delta),
         "participants": n_ok,
         "nonfinite_replicas": ops.sum((mask & ~finite).astype(jnp.float32)),
     }
@@ -428,7 +428,7 @@ class Engine:
       keep = lambda new, old: jax.tree.map(
           lambda a, b_: jnp.where(anyone, a, b_), new, old)
       return (keep(p_new, p), keep(o_new, o)), (loss_i, aux_i, ok,
-                                                optax.global_norm(grad))
+                                                optax.tree.norm(grad))
 
     steps = jnp.arange(self.inner_steps, dtype=jnp.int32)
     (params, opt_state), (losses, aux, oks, gnorms) = jax.lax.scan(

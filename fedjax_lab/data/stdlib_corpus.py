@@ -170,6 +170,10 @@ class StdlibPy(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
 
   VERSION = tfds.core.Version("1.0.0")
+  # TFDS 4.9.10 looks up this class's source file (to find URL checksums)
+  # through the `importlib_resources` backport, which it does not install on
+  # Python >= 3.9. There is nothing to download, hence no checksums file.
+  code_path = None
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="full", description="All .py files."),

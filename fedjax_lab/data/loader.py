@@ -1,0 +1,252 @@
+"""Per-replica round batches [m, H, B, ...] with a saveable position.
+
+Replica r reads its shard in an order that is a pure function of
+(seed, r, epoch): epoch e is `numpy.random.default_rng([seed, r, e])
+.permutation(len(shard_r))`, and the shard repeats forever with a fresh
+permutation each epoch. Every replica takes H·B examples per round, so the
+whole position of every replica is one integer, the number of rounds
+delivered; `get_state()` is that integer plus the settings it is only valid
+with, as a JSON-serialisable dict.
+
+Why not grain's `MapDataset.shuffle().repeat()`, which has the same
+per-epoch reshuffle: its Feistel index shuffle runs per element in Python
+(9 µs each on this CPU, 0.5 s for an M=8, H=100, B=64 round); one vectorised
+permutation per replica-epoch costs microseconds per round.
+
+A background thread produces rounds up to `prefetch` ahead into a bounded
+queue, so host-side gathering overlaps the device step (and the first jit
+compile). `data_seconds` is the host time spent producing rounds;
+`wait_seconds` is the time `next()` blocked on an empty queue, the part of
+data time that the step did not hide.
+
+Multi-host: every process builds the same shards (partitioners are seeded)
+and passes the replica indices it owns as `replica_ids`; a saved state is
+valid for any `replica_ids`, since the position is shared.
+"""
+
+import queue
+import threading
+import time
+import zlib
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from fedjax_lab.data.sources import gather
+
+_STATE_VERSION = 1
+
+
+class RoundLoader:
+  """Rounds of per-replica batches: dicts of numpy arrays [m, H, B, ...].
+
+  Example:
+    loader = RoundLoader(train, shards, batch_size=8, inner_steps=10, seed=0)
+    batch = next(loader)          # {'tokens': int32 [M, 10, 8, L+1]}
+    state = loader.get_state()    # JSON-serialisable
+    ...
+    loader = RoundLoader(train, shards, batch_size=8, inner_steps=10, seed=0)
+    loader.set_state(state)       # the same next batches
+  """
+
+  def __init__(self, source, shards: Sequence[np.ndarray], *, batch_size: int,
+               inner_steps: int, seed: int,
+               replica_ids: Optional[Sequence[int]] = None, prefetch: int = 2):
+    """Builds the loader and starts prefetching.
+
+    Args:
+      source: a random-access source (`get_batch(indices)` preferred, else
+        `__getitem__`).
+      shards: M index arrays into `source`, one per replica (all replicas, on
+        every host).
+      batch_size: B, examples per replica per inner step.
+      inner_steps: H, inner steps per round.
+      seed: non-negative int; with the replica index it fixes each order.
+      replica_ids: replicas this process owns (default all M); batches come
+        in this order.
+      prefetch: rounds produced ahead in a background thread; 0 produces
+        each round in `next()`.
+    """
+    if batch_size < 1 or inner_steps < 1:
+      raise ValueError(f"RoundLoader: batch_size and inner_steps must be >= 1, "
+                       f"got {batch_size}, {inner_steps}")
+    if seed < 0:
+      raise ValueError(f"RoundLoader: seed must be >= 0, got {seed}")
+    self._source = source
+    self._shards = [np.asarray(s, np.int64) for s in shards]
+    for r, shard in enumerate(self._shards):
+      if shard.ndim != 1 or not len(shard):
+        raise ValueError(f"RoundLoader: shard {r} must be a non-empty 1-D index "
+                         f"array, got shape {shard.shape}")
+    num_replicas = len(self._shards)
+    if replica_ids is None:
+      replica_ids = range(num_replicas)
+    self._replica_ids = [int(r) for r in replica_ids]
+    if not self._replica_ids or not all(0 <= r < num_replicas
+                                        for r in self._replica_ids):
+      raise ValueError(f"RoundLoader: replica_ids {self._replica_ids} must be a "
+                       f"non-empty subset of range({num_replicas})")
+    self._batch_size = int(batch_size)
+    self._inner_steps = int(inner_steps)
+    self._seed = int(seed)
+    self._prefetch = int(prefetch)
+    crc = 0
+    for shard in self._shards:
+      crc = zlib.crc32(shard.tobytes(), crc)
+    self._shards_crc32 = crc
+    self._perm_cache: Dict[int, Any] = {}
+    self._next_round = 0  # Rounds delivered by next().
+    self.data_seconds = 0.0
+    self.wait_seconds = 0.0
+    self._lock = threading.Lock()
+    self._thread = None
+    self._queue = None
+    self._stop = None
+    self._start()
+
+  @property
+  def replica_ids(self):
+    return list(self._replica_ids)
+
+  @property
+  def examples_per_round(self) -> int:
+    """H · B, examples each replica reads per round."""
+    return self._inner_steps * self._batch_size
+
+  def _permutation(self, r: int, epoch: int) -> np.ndarray:
+    """Replica r's order for `epoch`; the latest one is cached per replica."""
+    cached = self._perm_cache.get(r)
+    if cached is not None and cached[0] == epoch:
+      return cached[1]
+    perm = np.random.default_rng([self._seed, r, epoch]).permutation(
+        len(self._shards[r]))
+    self._perm_cache[r] = (epoch, perm)
+    return perm
+
+  def _replica_indices(self, r: int, round_index: int) -> np.ndarray:
+    shard = self._shards[r]
+    n = len(shard)
+    start = round_index * self.examples_per_round
+    positions = np.arange(start, start + self.examples_per_round, dtype=np.int64)
+    epochs = positions // n
+    out = np.empty_like(positions)
+    # A round usually lies in one epoch; tiny shards wrap several times.
+    for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+      mask = epochs == epoch
+      out[mask] = shard[self._permutation(r, epoch)[positions[mask] - epoch * n]]
+    return out
+
+  def _make_round(self, round_index: int) -> Dict[str, np.ndarray]:
+    indices = np.stack([self._replica_indices(r, round_index)
+                        for r in self._replica_ids])
+    indices = indices.reshape(len(self._replica_ids), self._inner_steps,
+                              self._batch_size)
+    return gather(self._source, indices)
+
+  def _produce(self, first_round, stop, out):
+    """Producer thread: rounds first_round, first_round + 1, ... into `out`."""
+    round_index = first_round
+    while not stop.is_set():
+      start = time.perf_counter()
+      try:
+        item = (round_index, self._make_round(round_index), None)
+      except Exception as e:  # pylint: disable=broad-except
+        item = (round_index, None, e)  # Re-raised in next(), on the caller's thread.
+      with self._lock:
+        self.data_seconds += time.perf_counter() - start
+      while not stop.is_set():
+        try:
+          out.put(item, timeout=0.05)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+      round_index += 1
+
+  def _start(self):
+    if self._prefetch <= 0:
+      return
+    self._stop = threading.Event()
+    self._queue = queue.Queue(maxsize=self._prefetch)
+    self._thread = threading.Thread(
+        target=self._produce, args=(self._next_round, self._stop, self._queue),
+        name="RoundLoader", daemon=True)
+    self._thread.start()
+
+  def close(self):
+    """Stops the prefetch thread (idempotent); next() restarts it."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = self._queue = self._stop = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # Interpreter shutdown: the daemon thread dies with it.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    return self.next()
+
+  def next(self) -> Dict[str, np.ndarray]:
+    """The next round: dict of numpy arrays [len(replica_ids), H, B, ...]."""
+    if self._prefetch <= 0:
+      start = time.perf_counter()
+      batch = self._make_round(self._next_round)
+      elapsed = time.perf_counter() - start
+      self.data_seconds += elapsed
+      self.wait_seconds += elapsed
+    else:
+      if self._thread is None:
+        self._start()
+      start = time.perf_counter()
+      round_index, batch, error = self._queue.get()
+      self.wait_seconds += time.perf_counter() - start
+      if error is not None:
+        self.close()
+        raise error
+      assert round_index == self._next_round, (round_index, self._next_round)
+    self._next_round += 1
+    return batch
+
+  def get_state(self) -> Dict[str, Any]:
+    """The position after the last delivered round (JSON-serialisable)."""
+    return {
+        "version": _STATE_VERSION,
+        "round": self._next_round,
+        "seed": self._seed,
+        "batch_size": self._batch_size,
+        "inner_steps": self._inner_steps,
+        "num_replicas": len(self._shards),
+        "shards_crc32": self._shards_crc32,
+    }
+
+  def set_state(self, state: Dict[str, Any]):
+    """Continues from a `get_state()` position: the same next rounds follow.
+
+    Args:
+      state: a dict from `get_state()` (possibly JSON round-tripped, possibly
+        from a loader with other `replica_ids`).
+
+    Raises:
+      ValueError: when the state was made with other settings or shards.
+    """
+    mine = self.get_state()
+    for key in mine:
+      if key != "round" and int(state.get(key, -1)) != mine[key]:
+        raise ValueError(f"RoundLoader.set_state: {key}={state.get(key)} in the "
+                         f"state, but this loader has {key}={mine[key]}")
+    self.close()
+    self._next_round = int(state["round"])
+    self._start()

@@ -1,0 +1,162 @@
+"""Tasks: a model with its pure init and loss functions, size and cost.
+
+A `Task` is what the engine trains: `init(rng) -> params` and
+`loss_fn(params, batch, rng) -> (loss, metrics)`, both pure and jit-able,
+with params a plain pytree of float32 arrays (flax.linen's
+`model.init(rng, x)['params']`).
+"""
+
+import math
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_lab.models import classifiers
+from fedjax_lab.models import transformer
+from fedjax_lab.typing import Batch, Params, PRNGKey
+
+_LN2 = math.log(2.0)
+
+
+class Task(NamedTuple):
+  """A model with its loss.
+
+  Attributes:
+    init: rng → params.
+    loss_fn: (params, batch, rng) → (scalar loss, metrics dict). The rng is
+      used only for dropout; pass None to evaluate (dropout off).
+    num_params: number of parameters.
+    flops_per_example: TRAINING FLOPs (forward + backward = 3× forward) per
+      example; for an LM an example is one sequence of seq_len predicted
+      tokens, so this is flops_per_token · seq_len.
+    kind: 'lm' or 'classification'.
+  """
+  init: Callable[[PRNGKey], Params]
+  loss_fn: Callable[[Params, Batch, Optional[PRNGKey]],
+                    Tuple[jax.Array, Dict[str, jax.Array]]]
+  num_params: int
+  flops_per_example: float
+  kind: str
+
+
+def _count(init: Callable[[PRNGKey], Params]) -> int:
+  """Parameter count from shapes alone (no compute)."""
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+def _classification_metrics(logits, labels):
+  """Mean softmax cross-entropy and accuracy (logits float32)."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+  return loss, accuracy
+
+
+def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
+            mlp_ratio: int = 4, seq_len: int = 128, dtype: Any = "float32",
+            dropout: float = 0.0) -> Task:
+  """A byte-level decoder-only transformer LM (`transformer.TransformerLM`).
+
+  Batches are {'tokens': int32 [B, seq_len + 1]}: inputs tokens[:, :-1],
+  targets tokens[:, 1:]. Metrics: 'loss' (mean token cross-entropy, nats),
+  'accuracy' (next-byte top-1), 'perplexity' (exp loss) and 'bits_per_byte'
+  (loss / ln 2: one token is one byte).
+
+  FLOPs: `transformer.transformer_train_flops_per_token` = 6·N +
+  12·num_layers·seq_len·d_model per token; flops_per_example is that times
+  seq_len (training, 3× forward).
+
+  Args:
+    d_model: width (divisible by num_heads; head_dim even for RoPE).
+    num_layers: depth.
+    num_heads: attention heads.
+    mlp_ratio: MLP hidden width / d_model.
+    seq_len: tokens per input sequence.
+    dtype: compute dtype name or dtype ('float32', 'bfloat16'); params float32.
+    dropout: dropout rate (embeddings and residual branches).
+
+  Returns:
+    A Task with kind 'lm'.
+  """
+  if d_model % num_heads or (d_model // num_heads) % 2:
+    raise ValueError(f"lm_task: d_model={d_model} must split into num_heads="
+                     f"{num_heads} heads of even size (RoPE)")
+  model = transformer.TransformerLM(
+      d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+      mlp_ratio=mlp_ratio, dropout=dropout, dtype=jnp.dtype(dtype))
+
+  def init(rng: PRNGKey) -> Params:
+    return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+  def loss_fn(params: Params, batch: Batch, rng: Optional[PRNGKey] = None):
+    tokens = batch["tokens"]
+    train = dropout > 0 and rng is not None
+    logits = model.apply({"params": params}, tokens[:, :-1],
+                         deterministic=not train,
+                         rngs={"dropout": rng} if train else None)
+    loss, accuracy = _classification_metrics(logits, tokens[:, 1:])
+    return loss, {"loss": loss, "accuracy": accuracy,
+                  "perplexity": jnp.exp(loss), "bits_per_byte": loss / _LN2}
+
+  num_params = _count(init)
+  per_token = transformer.transformer_train_flops_per_token(
+      num_params=num_params, num_layers=num_layers, seq_len=seq_len,
+      d_model=d_model)
+  return Task(init=init, loss_fn=loss_fn, num_params=num_params,
+              flops_per_example=per_token * seq_len, kind="lm")
+
+
+def classifier_task(*, model: str = "mlp", num_classes: int,
+                    input_shape: Sequence[int],
+                    hidden: Optional[Sequence[int]] = None,
+                    dtype: Any = "float32") -> Task:
+  """An image classifier: the FedAvg paper's MLP ('mlp') or CNN ('cnn').
+
+  Batches are {'image': float32 [B, *input_shape] in [0, 1], 'label': int32
+  [B]}. Metrics: 'loss' (mean cross-entropy) and 'accuracy'.
+
+  Args:
+    model: 'mlp' or 'cnn'.
+    num_classes: number of classes.
+    input_shape: (H, W, C) of one image.
+    hidden: 'mlp': hidden widths, default (200, 200); 'cnn': (conv1 channels,
+      conv2 channels, dense width), default (32, 64, 512).
+    dtype: compute dtype; params float32.
+
+  Returns:
+    A Task with kind 'classification'; flops_per_example from
+    `classifiers.classifier_train_flops_per_example` (3× forward).
+  """
+  input_shape = tuple(int(d) for d in input_shape)
+  if len(input_shape) != 3:
+    raise ValueError(f"classifier_task: input_shape must be (H, W, C), got "
+                     f"{input_shape}")
+  if model == "mlp":
+    hidden = tuple(classifiers.MLP_HIDDEN if hidden is None else hidden)
+    module = classifiers.MLP(num_classes, hidden, jnp.dtype(dtype))
+  elif model == "cnn":
+    hidden = tuple(classifiers.CNN_HIDDEN if hidden is None else hidden)
+    if len(hidden) < 2:
+      raise ValueError(f"classifier_task: cnn hidden needs conv channels and a "
+                       f"dense width, got {hidden}")
+    module = classifiers.CNN(num_classes, hidden, jnp.dtype(dtype))
+  else:
+    raise ValueError(f"classifier_task: unknown model {model!r}; known: "
+                     "['cnn', 'mlp']")
+
+  def init(rng: PRNGKey) -> Params:
+    return module.init(rng, jnp.zeros((1,) + input_shape, jnp.float32))["params"]
+
+  def loss_fn(params: Params, batch: Batch, rng: Optional[PRNGKey] = None):
+    del rng  # No dropout in these models.
+    logits = module.apply({"params": params}, batch["image"])
+    loss, accuracy = _classification_metrics(logits, batch["label"])
+    return loss, {"loss": loss, "accuracy": accuracy}
+
+  return Task(init=init, loss_fn=loss_fn, num_params=_count(init),
+              flops_per_example=classifiers.classifier_train_flops_per_example(
+                  model, num_classes=num_classes, input_shape=input_shape,
+                  hidden=hidden),
+              kind="classification")
