@@ -318,8 +318,15 @@ class Engine:
     (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
     return loss, aux, grads
 
-  def _run_replica(self, params, opt_state, batch, num_steps, key, anchor):
-    """H inner steps of one replica (steps t ≥ num_steps are skipped)."""
+  def _run_replica(self, params, opt_state, batch, num_steps, key, anchor,
+                   start=0):
+    """Inner steps of one replica over `batch`'s leading (step) axis.
+
+    Steps are numbered from `start` (for the per-step keys); steps numbered
+    ≥ num_steps are skipped (stragglers). Returns the new params and state,
+    the sums of the loss and aux metrics over the steps taken, their count,
+    and whether every loss taken was finite.
+    """
 
     def step(carry, xs):
       p, o = carry
@@ -333,81 +340,118 @@ class Engine:
           lambda a, b_: jnp.where(active, a, b_), new, old)
       return (keep(p_new, p), keep(o_new, o)), (loss, aux, active)
 
-    steps = jnp.arange(self.inner_steps, dtype=jnp.int32)
+    n = jax.tree.leaves(batch)[0].shape[0]
+    steps = start + jnp.arange(n, dtype=jnp.int32)
     (params, opt_state), (losses, aux, active) = jax.lax.scan(
         step, (params, opt_state), (batch, steps))
-    count = jnp.maximum(jnp.sum(active), 1)
-    mean = lambda x: jnp.sum(jnp.where(active, x, 0.0)) / count
-    # A non-finite loss on any active step marks the replica as diverged.
+    total = lambda x: jnp.sum(jnp.where(active, x, 0.0))
+    # A non-finite loss on any step taken marks the replica as diverged.
     finite = jnp.all(jnp.isfinite(jnp.where(active, losses, 0.0)))
-    return params, opt_state, mean(losses), jax.tree.map(mean, aux), finite
+    return (params, opt_state, total(losses), jax.tree.map(total, aux),
+            jnp.sum(active), finite)
 
   def _weights(self, ok, num_examples, ops):
+    """w_i = n_i / Σ_j n_j over the replicas that count; and Σ_j n_j > 0."""
     raw = jnp.where(ok, num_examples, 0.0).astype(jnp.float32)
     total = ops.sum(raw)
     return raw / jnp.maximum(total, 1e-30), total > 0
 
-  def _round_local(self, state: TrainState, batch, mask, num_examples,
-                   num_steps, ops: ReplicaOps):
-    round_key = jax.random.fold_in(state.rng, state.round)
-    sync_key, step_key = jax.random.split(round_key)
-    replica_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(ops.index)
-    if self.outer.data_parallel:
-      return self._ddp_round_local(state, batch, mask, num_examples,
-                                   replica_keys, ops)
-    g = state.params
-    new_p, new_o, loss_i, aux_i, finite_loss = jax.vmap(
-        self._run_replica, in_axes=(0, 0, 0, 0, 0, None))(
-            state.replica_params, state.inner_state, batch, num_steps,
-            replica_keys, g)
+  def _local_phase(self, replica_params, inner_state, batch, num_steps,
+                   replica_keys, anchor, start=0):
+    """`_run_replica` vmapped over the local block of replicas."""
+    return jax.vmap(self._run_replica, in_axes=(0, 0, 0, 0, 0, None, None))(
+        replica_params, inner_state, batch, num_steps, replica_keys, anchor,
+        start)
+
+  def _sync(self, outer, g, outer_state, new_p, comm_state, ok, num_examples,
+            comm_keys, sync_key, ops):
+    """Δ_i, compression, the weighted average and `outer.sync`.
+
+    Works on any tree shaped like the params (the whole model or one
+    fragment of it). Replicas that are not `ok` (sat out or diverged) count
+    for nothing and restart from the new global model.
+
+    Returns:
+      (new global, new replica params, outer state, compressor state, Δ,
+      whether anyone took part).
+    """
     deltas = jax.tree.map(lambda g_, p: g_[None] - p, g, new_p)
-    finite = finite_loss & _all_finite(deltas)
-    ok = mask & finite & (num_steps > 0)
     weights, anyone = self._weights(ok, num_examples, ops)
     # Zero (not multiply) what must not count: 0 × NaN is NaN.
     deltas = _select(ok, deltas, jax.tree.map(jnp.zeros_like, deltas))
-    comm_keys = jax.vmap(lambda k: jax.random.fold_in(k, self.inner_steps))(
-        replica_keys)
-    sent, comm_state = jax.vmap(self.compressor.compress)(
-        deltas, state.comm_state, comm_keys)
-    comm_state = _select(ok, comm_state, state.comm_state)
+    sent, new_comm = jax.vmap(self.compressor.compress)(deltas, comm_state,
+                                                        comm_keys)
+    comm_state = _select(ok, new_comm, comm_state)
     delta = ops.weighted_sum(sent, weights)
     inputs = SyncInputs(global_params=g, replica_params=new_p, deltas=sent,
                         delta=delta, weights=weights, key=sync_key)
-    new_g, new_replicas, outer_state = self.outer.sync(
-        inputs, state.outer_state, ops)
+    new_g, new_replicas, new_outer = outer.sync(inputs, outer_state, ops)
     keep_if_nobody = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(anyone, a, b), new, old)
     new_g = keep_if_nobody(new_g, g)
-    outer_state = keep_if_nobody(outer_state, state.outer_state)
-    # A replica that sat out (or diverged) discards its local work and
-    # restarts from the new global model.
+    outer_state = keep_if_nobody(new_outer, outer_state)
     restart = jax.tree.map(
         lambda x, like: jnp.broadcast_to(x, like.shape).astype(like.dtype),
         new_g, new_replicas)
-    replica_params = _select(ok, new_replicas, restart)
-    inner_state = _select(ok, new_o, state.inner_state)
-    if self.outer.reset_inner_state:
-      inner_state = jax.vmap(functools.partial(_fresh_inner_state,
-                                               self.inner_opt))(
-                                                   inner_state, replica_params)
+    return (new_g, _select(ok, new_replicas, restart), outer_state, comm_state,
+            delta, anyone)
+
+  def _round_keys(self, state, ops):
+    round_key = jax.random.fold_in(state.rng, state.round)
+    sync_key, step_key = jax.random.split(round_key)
+    replica_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(ops.index)
+    comm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(
+        replica_keys)
+    return sync_key, replica_keys, comm_keys
+
+  def _round_metrics(self, ok, mask, finite, loss_sum, aux_sum, count, delta,
+                     ops):
     n_ok = ops.sum(ok.astype(jnp.float32))
+    denom = jnp.maximum(count, 1)
+    loss_i = loss_sum / denom
+    mean_ok = lambda v: ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1)
     metrics = {
-        "loss": ops.sum(jnp.where(ok, loss_i, 0.0)) / jnp.maximum(n_ok, 1),
+        "loss": mean_ok(loss_i),
         "replica_loss": loss_i,
         "outer_grad_norm": optax.tree.norm(delta),
         "participants": n_ok,
         "nonfinite_replicas": ops.sum((mask & ~finite).astype(jnp.float32)),
     }
-    for k, v in aux_i.items():
-      metrics[f"inner/{k}"] = ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1)
+    for k, v in aux_sum.items():
+      metrics[f"inner/{k}"] = mean_ok(v / denom)
+    return metrics
+
+  def _round_local(self, state: TrainState, batch, mask, num_examples,
+                   num_steps, ops: ReplicaOps):
+    sync_key, replica_keys, comm_keys = self._round_keys(state, ops)
+    if self.outer.data_parallel:
+      return self._ddp_round_local(state, batch, mask, num_examples,
+                                   replica_keys, ops)
+    g = state.params
+    new_p, new_o, loss_sum, aux_sum, count, finite_loss = self._local_phase(
+        state.replica_params, state.inner_state, batch, num_steps,
+        replica_keys, g)
+    finite = finite_loss & _all_finite(new_p)
+    ok = mask & finite & (num_steps > 0)
+    new_g, replica_params, outer_state, comm_state, delta, _ = self._sync(
+        self.outer, g, state.outer_state, new_p, state.comm_state, ok,
+        num_examples, comm_keys, sync_key, ops)
+    # A replica that sat out (or diverged) also discards its optimizer steps.
+    inner_state = _select(ok, new_o, state.inner_state)
+    if self.outer.reset_inner_state:
+      inner_state = jax.vmap(functools.partial(_fresh_inner_state,
+                                               self.inner_opt))(
+                                                   inner_state, replica_params)
+    metrics = self._round_metrics(ok, mask, finite, loss_sum, aux_sum, count,
+                                  delta, ops)
     new_state = state.replace(params=new_g, outer_state=outer_state,
                               replica_params=replica_params,
                               inner_state=inner_state, comm_state=comm_state,
                               round=state.round + 1)
     return new_state, _split_metrics(metrics)
 
-  def _ddp_round_local(self, state, batch, mask, num_examples, replica_keys, ops):
+  def _ddp_round_local(self, state, batch, mask, num_examples, replica_keys,
+                       ops):
     batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
     grad_fn = jax.vmap(self._loss_and_grad, in_axes=(None, 0, 0, None))
 
