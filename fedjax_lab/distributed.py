@@ -1,0 +1,123 @@
+"""Multi-process runs on JAX's own distributed runtime.
+
+One process per host (or, to try it on one machine, several processes on
+127.0.0.1 with some CPU devices each: `experiments/launch_local.py`). After
+`initialize`, `jax.devices()` lists every device of every process, the replica
+mesh spans them all, `lax.psum` over the mesh axis crosses processes (gloo on
+CPU, NCCL on GPU, ICI/DCN on TPU), and each process feeds only the batches of
+the replicas on its own devices (`local_replica_ids`).
+
+Where the settings come from, first match wins:
+  1. explicit arguments (experiments/run.py passes its flags);
+  2. FEDJAX_LAB_COORDINATOR / FEDJAX_LAB_NUM_PROCESSES / FEDJAX_LAB_PROCESS_ID
+     (set by the local launcher), FEDJAX_LAB_NUM_CPU_DEVICES;
+  3. `auto=True`: `jax.distributed.initialize()` with no arguments, which
+     detects TPU pod slices, SLURM and other clusters JAX knows.
+"""
+
+import dataclasses
+import os
+from typing import List, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+ENV_COORDINATOR = "FEDJAX_LAB_COORDINATOR"
+ENV_NUM_PROCESSES = "FEDJAX_LAB_NUM_PROCESSES"
+ENV_PROCESS_ID = "FEDJAX_LAB_PROCESS_ID"
+ENV_NUM_CPU_DEVICES = "FEDJAX_LAB_NUM_CPU_DEVICES"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  coordinator_address: Optional[str] = None  # host:port of process 0.
+  num_processes: int = 1
+  process_id: int = 0
+  num_cpu_devices: Optional[int] = None  # CPU devices per process (testing).
+  # A peer silent this long is declared dead and every process stops.
+  heartbeat_timeout_seconds: int = 20
+  initialization_timeout: int = 120  # Seconds to wait for every peer to join.
+  auto: bool = False  # Let JAX detect the cluster (TPU pods, SLURM, ...).
+
+
+def config_from_env(**overrides) -> DistributedConfig:
+  """A DistributedConfig from FEDJAX_LAB_* variables, then `overrides`."""
+  env = os.environ
+  values = {}
+  if env.get(ENV_COORDINATOR):
+    values["coordinator_address"] = env[ENV_COORDINATOR]
+  for key, name in ((ENV_NUM_PROCESSES, "num_processes"),
+                    (ENV_PROCESS_ID, "process_id"),
+                    (ENV_NUM_CPU_DEVICES, "num_cpu_devices")):
+    if env.get(key):
+      try:
+        values[name] = int(env[key])
+      except ValueError:
+        raise ValueError(f"{key} must be an integer, got {env[key]!r}") from None
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  return DistributedConfig(**values)
+
+
+def _validate(cfg: DistributedConfig):
+  if cfg.num_processes < 1:
+    raise ValueError(f"num_processes must be >= 1, got {cfg.num_processes}")
+  if not 0 <= cfg.process_id < cfg.num_processes:
+    raise ValueError(f"process_id must be in [0, {cfg.num_processes}), "
+                     f"got {cfg.process_id}")
+  if cfg.num_processes > 1 and not cfg.coordinator_address:
+    raise ValueError("coordinator_address (host:port of process 0) is needed "
+                     "when num_processes > 1")
+  if cfg.num_cpu_devices is not None and cfg.num_cpu_devices < 1:
+    raise ValueError(f"num_cpu_devices must be >= 1, got {cfg.num_cpu_devices}")
+
+
+def initialize(cfg: Optional[DistributedConfig] = None) -> DistributedConfig:
+  """Starts JAX's distributed runtime if the config asks for several processes.
+
+  Must run before anything touches a device. Idempotent.
+  """
+  cfg = cfg or config_from_env()
+  _validate(cfg)
+  if cfg.num_cpu_devices is not None:
+    jax.config.update("jax_num_cpu_devices", cfg.num_cpu_devices)
+  if jax.distributed.is_initialized():
+    return cfg
+  if cfg.num_processes > 1:
+    logging.info("jax.distributed: process %d of %d, coordinator %s",
+                 cfg.process_id, cfg.num_processes, cfg.coordinator_address)
+    jax.distributed.initialize(
+        coordinator_address=cfg.coordinator_address,
+        num_processes=cfg.num_processes, process_id=cfg.process_id,
+        initialization_timeout=cfg.initialization_timeout,
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds)
+  elif cfg.auto:
+    jax.distributed.initialize(
+        initialization_timeout=cfg.initialization_timeout,
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds)
+  return cfg
+
+
+def is_main_process() -> bool:
+  """Process 0 writes metrics, summaries and plots."""
+  return jax.process_index() == 0
+
+
+def local_replica_ids(mesh: Optional[jax.sharding.Mesh], num_replicas: int,
+                      axis_name: Optional[str] = None) -> List[int]:
+  """The replicas whose shards live on this process's devices, in mesh order.
+
+  Without a mesh (or with one process) that is every replica. The order is
+  the order `jax.make_array_from_process_local_data` expects for the
+  process-local block.
+  """
+  if mesh is None or jax.process_count() == 1:
+    return list(range(num_replicas))
+  axis_name = axis_name or mesh.axis_names[0]
+  devices = np.asarray(mesh.devices).reshape(-1)
+  per_device = num_replicas // devices.size
+  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+  if mine != list(range(mine[0], mine[0] + len(mine))):
+    raise ValueError("this process's devices are not contiguous on the "
+                     f"replica mesh axis {axis_name!r}")
+  return list(range(mine[0] * per_device, (mine[-1] + 1) * per_device))

@@ -1,0 +1,104 @@
+"""Replicas across processes on JAX's distributed runtime (127.0.0.1 only).
+
+Every process is started through experiments/launch_local.py and bounded in
+time; the worker is tests/mp_worker.py.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "experiments", "launch_local.py")
+WORKER = os.path.join(ROOT, "tests", "mp_worker.py")
+
+pytestmark = pytest.mark.slow
+
+
+def launch(num_processes, devices, *worker_args, timeout=180):
+  cmd = [sys.executable, LAUNCH, f"--num_processes={num_processes}",
+         f"--devices_per_process={devices}", f"--timeout_seconds={timeout}",
+         "--", sys.executable, WORKER, *worker_args]
+  proc = subprocess.run(cmd, capture_output=True, text=True,
+                        timeout=timeout + 30, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def load(path):
+  with np.load(path) as f:
+    return {k: f[k] for k in f}
+
+
+@pytest.mark.parametrize("algo", ["diloco", "ddp"])
+def test_two_processes_equal_one(tmp_path, algo):
+  rounds = 3
+  launch(2, 4, f"--algo={algo}", f"--rounds={rounds}", f"--out={tmp_path}/two")
+  launch(1, 8, f"--algo={algo}", f"--rounds={rounds}", f"--out={tmp_path}/one")
+  for r in range(rounds):
+    a, b = load(f"{tmp_path}/two/round{r}.npz"), load(f"{tmp_path}/one/round{r}.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6,
+                                 err_msg=f"{algo} round {r} {k}")
+  # And the model really moved.
+  first = load(f"{tmp_path}/one/round0.npz")
+  last = load(f"{tmp_path}/one/round{rounds - 1}.npz")
+  assert not np.allclose(first["w1"], last["w1"])
+
+
+@pytest.mark.parametrize("save_procs,restore_procs", [(2, 1), (1, 2)])
+def test_checkpoint_restores_across_process_counts(tmp_path, save_procs,
+                                                   restore_procs):
+  ckpt = f"{tmp_path}/ckpt"
+  launch(save_procs, 8 // save_procs, "--rounds=2", f"--out={tmp_path}/a",
+         f"--save={ckpt}")
+  launch(restore_procs, 8 // restore_procs, "--rounds=0", f"--out={tmp_path}/b",
+         f"--restore={ckpt}")
+  saved = load(f"{tmp_path}/a/round1.npz")
+  restored = load(f"{tmp_path}/b/restored.npz")
+  for k in saved:
+    np.testing.assert_array_equal(saved[k], restored[k])
+  assert restored["rep_w1"].shape[0] == 8  # Every replica's params came back.
+
+
+def test_lost_peer_stops_the_survivor(tmp_path):
+  """Kill process 1 mid-run: process 0 exits non-zero naming it, within 60 s."""
+  port = 20000 + os.getpid() % 20000
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, FEDJAX_LAB_COORDINATOR=f"127.0.0.1:{port}",
+               FEDJAX_LAB_NUM_PROCESSES="2", FEDJAX_LAB_PROCESS_ID=str(i),
+               FEDJAX_LAB_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    procs.append(subprocess.Popen(
+        [sys.executable, WORKER, f"--out={tmp_path}", "--rounds=1",
+         "--stall_after=1"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT))
+  try:
+    # Wait until the run is under way (process 0 has written a round).
+    deadline = time.monotonic() + 120
+    while not os.path.exists(f"{tmp_path}/round1.npz"):
+      assert time.monotonic() < deadline, "the run never started"
+      assert procs[0].poll() is None and procs[1].poll() is None
+      time.sleep(0.2)
+    killed_at = time.monotonic()
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    out, _ = procs[0].communicate(timeout=90)
+    elapsed = time.monotonic() - killed_at
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+      p.wait()
+  out = out.decode(errors="replace")
+  assert procs[0].returncode != 0
+  assert elapsed < 60, elapsed
+  # JAX's coordination service names the task that stopped sending heartbeats.
+  assert "unhealthy" in out and "heartbeats):\n1" in out, out[-2000:]
