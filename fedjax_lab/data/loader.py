@@ -27,6 +27,7 @@ valid for any `replica_ids`, since the position is shared.
 import queue
 import threading
 import time
+import weakref
 import zlib
 from typing import Any, Dict, Optional, Sequence
 
@@ -143,23 +144,35 @@ class RoundLoader:
                               self._batch_size)
     return gather(self._source, indices)
 
-  def _produce(self, first_round, stop, out):
-    """Producer thread: rounds first_round, first_round + 1, ... into `out`."""
+  @staticmethod
+  def _produce(loader_ref, first_round, stop, out):
+    """Producer thread: rounds first_round, first_round + 1, ... into `out`.
+
+    Holds the loader only by weak reference between rounds, so a loader that
+    was never closed is still garbage collected, and its thread then ends.
+    """
     round_index = first_round
     while not stop.is_set():
+      loader = loader_ref()
+      if loader is None:
+        return
       start = time.perf_counter()
       try:
-        item = (round_index, self._make_round(round_index), None)
+        batch = loader._make_round(round_index)  # pylint: disable=protected-access
+        item = (round_index, batch, None)
       except Exception as e:  # pylint: disable=broad-except
-        item = (round_index, None, e)  # Re-raised in next(), on the caller's thread.
-      with self._lock:
-        self.data_seconds += time.perf_counter() - start
+        # Re-raised by next(), on the caller's thread.
+        item = (round_index, None, e)
+      with loader._lock:  # pylint: disable=protected-access
+        loader.data_seconds += time.perf_counter() - start
+      del loader
       while not stop.is_set():
         try:
           out.put(item, timeout=0.05)
           break
         except queue.Full:
-          continue
+          if loader_ref() is None:
+            return
       if item[2] is not None:
         return
       round_index += 1
@@ -170,7 +183,8 @@ class RoundLoader:
     self._stop = threading.Event()
     self._queue = queue.Queue(maxsize=self._prefetch)
     self._thread = threading.Thread(
-        target=self._produce, args=(self._next_round, self._stop, self._queue),
+        target=RoundLoader._produce,
+        args=(weakref.ref(self), self._next_round, self._stop, self._queue),
         name="RoundLoader", daemon=True)
     self._thread.start()
 
@@ -178,7 +192,9 @@ class RoundLoader:
     """Stops the prefetch thread (idempotent); next() restarts it."""
     if self._thread is not None:
       self._stop.set()
-      self._thread.join()
+      # __del__ can run on the producer thread itself, which cannot join itself.
+      if self._thread is not threading.current_thread():
+        self._thread.join()
       self._thread = self._queue = self._stop = None
 
   def __enter__(self):

@@ -70,7 +70,7 @@ class LMSource:
 
 
 class ImageSource:
-  """Labelled images: each item is {'image': float32 [H, W, C] in [0, 1], 'label': int32}.
+  """Labelled images: items {'image': float32 [H, W, C] in [0, 1], 'label': int32}.
 
   Attributes:
     images: uint8 [N, H, W, C].

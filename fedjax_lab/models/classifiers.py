@@ -38,7 +38,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-  """[Conv5×5(c) → ReLU → MaxPool2×2 for c in channels] → Dense → ReLU → Dense."""
+  """[Conv5×5(c) → ReLU → MaxPool2×2 per c] → Dense → ReLU → Dense."""
 
   num_classes: int
   hidden: Sequence[int] = CNN_HIDDEN
