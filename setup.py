@@ -22,7 +22,6 @@ setuptools.setup(
         "absl-py>=2.0",
         "ml-collections>=1.0",
         "numpy>=1.26",
-        "grain>=0.2.10",
         "array-record>=0.7",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
