@@ -1,0 +1,82 @@
+r"""Runs a comparison sweep and writes its table and plots: a thin entry point.
+
+  python experiments/compare.py --config=configs/compare.py \
+      --workdir=/tmp/fedjax_lab/compare [--sweep=default]
+
+The sweep's arms come from `get_sweep(config, name)` in the config file
+(configs/compare.py); every arm runs in this process (one engine each) in
+workdir/<arm>, and workdir/results.md, results.csv, eval_loss_vs_steps.png
+and eval_loss_vs_bytes.png summarise them. Completed arms are reused when the
+command is run again (--noreuse to rerun them).
+
+Exit codes as experiments/run.py: 2 for a config or sweep mistake (nothing
+written), 1 otherwise.
+"""
+
+import importlib.util
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from fedjax_lab import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file that also defines get_sweep(config, name).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms and report.")
+_SWEEP = flags.DEFINE_string("sweep", "default", "Which sweep of the config file.")
+_REUSE = flags.DEFINE_bool("reuse", True, "Skip arms that already completed.")
+
+
+def _fail(code: int, message: str):
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(2, str(e).strip().strip('"') if isinstance(e, flags.Error)
+          else f"{type(e).__name__}: {e}")
+
+
+def _sweep_fn(config_arg: str):
+  """get_sweep from the file named by --config (the part before any ':')."""
+  path = config_arg.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location("_fedjax_lab_sweep", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    _fail(2, f"--config: {path} defines no get_sweep(config, name)")
+  return module.get_sweep
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(2, f"unexpected arguments {argv[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail(2, "--config and --workdir are required")
+  train.quiet_orbax_logs()
+  get_sweep = _sweep_fn(config_flags.get_config_filename(flags.FLAGS["config"]))
+  try:
+    arms = get_sweep(_CONFIG.value, _SWEEP.value)
+  except ValueError as e:
+    _fail(2, f"--sweep: {e}")
+  try:
+    train.run_comparison(_CONFIG.value, arms, _WORKDIR.value,
+                         reuse=_REUSE.value)
+  except train.ConfigError as e:
+    _fail(2, f"config: {e}")
+  logging.info("report: %s", os.path.join(_WORKDIR.value, "results.md"))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

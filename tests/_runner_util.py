@@ -1,0 +1,33 @@
+"""Shared helpers for the runner tests (subprocesses, data dir, configs)."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)  # `configs` is a package at the repository root.
+
+
+def cli_env(data_dir, devices=1):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TFDS_DATA_DIR"] = str(data_dir)
+  env.pop("PYTHONWARNINGS", None)
+  return env
+
+
+def run_cli(script, args, *, data_dir, timeout=180, devices=1):
+  """Runs experiments/<script> with args; returns the CompletedProcess."""
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", script), *args],
+      cwd=REPO, env=cli_env(data_dir, devices), capture_output=True,
+      text=True, timeout=timeout, check=False)
+
+
+def popen_cli(script, args, *, data_dir, devices=1):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "experiments", script), *args],
+      cwd=REPO, env=cli_env(data_dir, devices), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,165 @@
+"""Configs and sweeps: every file validates, documents every field and its
+run command; bad configs fail early with one message, exit 2 and an
+untouched workdir."""
+
+import ast
+import glob
+import os
+
+import pytest
+
+from _runner_util import REPO, run_cli
+from configs import compare as compare_config
+from fedjax_lab import config_validation, train
+
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if not p.endswith("__init__.py"))
+VARIANTS = {"fedavg.py": ["fedavg", "fedavgm"],
+            "fedopt.py": ["fedadam", "fedyogi", "fedadagrad"],
+            "papa.py": ["papa", "papa_all", "papa_2"],
+            "compare.py": ["cpu", "smoke"]}
+
+
+def _load(path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module("configs." + os.path.basename(path)[:-3])
+
+
+def _configs():
+  for path in CONFIG_FILES:
+    module = _load(path)
+    for variant in VARIANTS.get(os.path.basename(path), [None]):
+      yield (os.path.basename(path), variant,
+             module.get_config() if variant is None else module.get_config(variant))
+
+
+def test_every_config_validates():
+  names = set()
+  for fname, variant, config in _configs():
+    # As on a 1-device machine; mesh.num_devices=-1 then means 1 device.
+    config_validation.validate(config, device_count=1)
+    names.add(config.outer.name)
+  # Every registry entry has a config.
+  import fedjax_lab  # pylint: disable=g-import-not-at-top
+  assert set(fedjax_lab.outer.names()) <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_docstring_has_run_command_and_every_field_a_comment(path):
+  source = open(path).read()
+  doc = ast.get_docstring(ast.parse(source))
+  assert doc and "python experiments/" in doc, path
+  prev = ""
+  in_dict = False  # Inside a `config.<...> = ConfigDict({...})` literal.
+  for lineno, line in enumerate(source.splitlines(), 1):
+    stripped = line.strip()
+    if stripped == "config = ml_collections.ConfigDict()":
+      pass  # The root.
+    elif stripped.endswith("= ml_collections.ConfigDict()"):
+      # A group: its comment is the line above.
+      assert prev.startswith("#"), f"{os.path.basename(path)}:{lineno} group has no comment"
+    elif stripped.startswith("config.") and "=" in stripped:
+      assert "#" in line, f"{os.path.basename(path)}:{lineno} has no comment"
+      in_dict = "ConfigDict({" in stripped
+    elif in_dict:
+      if stripped.startswith("})"):
+        in_dict = False
+      else:
+        assert "#" in line, f"{os.path.basename(path)}:{lineno} has no comment"
+    prev = stripped
+
+
+@pytest.mark.parametrize("sweep", sorted(compare_config.SWEEPS))
+def test_sweeps_keep_the_token_budget_and_validate(sweep):
+  for size in ("cpu", "smoke"):
+    base = compare_config.get_config(size)
+    budget = base.train.rounds * base.inner.steps
+    arms = compare_config.get_sweep(base, sweep)
+    assert len({a["name"] for a in arms}) == len(arms)
+    for arm in arms:
+      config = train.apply_overrides(base, arm["overrides"])
+      config_validation.validate(config, device_count=1)
+      assert config.train.rounds * config.inner.steps == budget
+      # Same data, model and inner optimizer in every arm.
+      model = lambda c: {k: v for k, v in c.model.items() if k != "init_seed"}
+      assert model(config) == model(base) and config.data == base.data
+      assert {k: v for k, v in config.inner.items() if k != "steps"} == {
+          k: v for k, v in base.inner.items() if k != "steps"}
+
+
+def test_default_sweep_has_every_family_and_ddp():
+  arms = compare_config.get_sweep(compare_config.get_config(), "default")
+  algorithms = {a["overrides"]["outer.name"] for a in arms}
+  assert {"ddp", "diloco", "fedavg", "fedavgm", "fedadam", "fedyogi",
+          "fedadagrad", "easgd", "fedprox", "papa"} <= algorithms
+
+
+# ---------------------------------------------------------------------------
+# Bad configs: exit code 2, one message naming the field, workdir untouched.
+
+BAD_CONFIG_FILE = '''"""A config with a typo."""
+from configs import smoke
+def get_config():
+  config = smoke.get_config()
+  config.train.unknown_field = 3
+  return config
+'''
+
+BAD_CASES = {
+    "unknown_override": (["--config.train.roundz=3"], "roundz"),
+    "wrong_type": (["--config.train.rounds=lots"], "rounds"),
+    "unknown_algorithm": (["--config.outer.name=fedmagic"], "outer.name"),
+    "bad_outer_hparam": (["--config.outer.hparams.learning_rate=-1"],
+                         "learning_rate"),
+    "hparam_of_another_algorithm": (["--config.outer.name=fedadam"],
+                                    "outer.hparams.momentum"),
+    "unknown_compressor": (["--config.comm.compressor=zip"], "comm.compressor"),
+    "replicas_not_dividing_devices": (
+        ["--config.mesh.num_devices=-1", "--config.train.num_replicas=3"],
+        "train.num_replicas"),
+    "batch_too_large": (["--config.inner.batch_size=10000000"],
+                        "inner.batch_size"),
+    "unknown_field_in_file": (None, "train.unknown_field"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_config_exits_2_naming_the_field(case, tmp_path):
+  args, field = BAD_CASES[case]
+  data_dir = tmp_path / "tfds"
+  workdir = tmp_path / "run"
+  if args is None:
+    path = tmp_path / "typo.py"
+    path.write_text(BAD_CONFIG_FILE)
+    args = [f"--config={path}"]
+  else:
+    args = ["--config=configs/smoke.py"] + args
+  proc = run_cli("run.py", args + [f"--workdir={workdir}",
+                                   f"--config.data.data_dir={data_dir}"],
+                 data_dir=data_dir, devices=2, timeout=120)
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert field in errors[0], errors[0]
+  assert "Traceback" not in proc.stderr
+  assert not workdir.exists()
+
+
+def test_validation_messages_in_process():
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  raw = smoke.get_config().to_dict()
+  raw["inner"]["learning_rate"] = "fast"
+  config = ml_collections.ConfigDict(raw)
+  with pytest.raises(config_validation.ConfigError, match="inner.learning_rate"):
+    config_validation.validate(config, device_count=1)
+  config = smoke.get_config()
+  config.train.fault.replica = 7
+  config.train.fault.round = 1
+  with pytest.raises(config_validation.ConfigError, match="train.fault.replica"):
+    config_validation.validate(config, device_count=1)
+  config = smoke.get_config()
+  config.mesh.num_devices = 4
+  with pytest.raises(config_validation.ConfigError, match="mesh.num_devices"):
+    config_validation.validate(config, device_count=2)

@@ -1,0 +1,28 @@
+"""notebooks/quickstart.ipynb runs top to bottom (tiny: FEDJAX_LAB_SMOKE=1)."""
+
+import os
+
+import pytest
+
+from _runner_util import REPO
+
+NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  monkeypatch.setenv("FEDJAX_LAB_SMOKE", "1")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(
+      nb, timeout=120, kernel_name="python3",
+      resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})
+  client.execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) == 2
