@@ -111,15 +111,6 @@ def _fresh_inner_state(inner_opt, old_state, params):
                       is_leaf=is_sched)
 
 
-_PER_REPLICA_METRICS = ("replica_loss",)
-
-
-def _split_metrics(metrics):
-  """(replicated scalars, per-replica [m] arrays): their shard_map specs differ."""
-  per_replica = {k: metrics.pop(k) for k in _PER_REPLICA_METRICS}
-  return metrics, per_replica
-
-
 def _local_ops(num_replicas: int) -> ReplicaOps:
   def weighted_sum(tree, w):
     # Elementwise multiply-and-sum rather than a dot: a dot would run at
@@ -145,8 +136,12 @@ def _sharded_ops(num_replicas: int, local: int, axis: str) -> ReplicaOps:
   return ReplicaOps(
       num_replicas=num_replicas, index=index, weighted_sum=weighted_sum,
       sum=lambda x: jax.lax.psum(jnp.sum(x), axis),
+      # A psum of each device's block placed in a zero array: unlike
+      # all_gather, its result is known to be replicated (metrics need that).
       gather=lambda tree: jax.tree.map(
-          lambda x: jax.lax.all_gather(x, axis, tiled=True), tree),
+          lambda x: jax.lax.psum(
+              jnp.zeros((num_replicas,) + x.shape[1:], x.dtype)
+              .at[index].set(x), axis), tree),
       varying=lambda tree: jax.lax.pcast(tree, axis, to="varying"))
 
 
@@ -412,7 +407,8 @@ class Engine:
     mean_ok = lambda v: ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1)
     metrics = {
         "loss": mean_ok(loss_i),
-        "replica_loss": loss_i,
+        # Gathered: M scalars, so every process can read every replica's loss.
+        "replica_loss": ops.gather(loss_i),
         "outer_grad_norm": optax.tree.norm(delta),
         "participants": n_ok,
         "nonfinite_replicas": ops.sum((mask & ~finite).astype(jnp.float32)),
@@ -448,7 +444,7 @@ class Engine:
                               replica_params=replica_params,
                               inner_state=inner_state, comm_state=comm_state,
                               round=state.round + 1)
-    return new_state, _split_metrics(metrics)
+    return new_state, metrics
 
   def _ddp_round_local(self, state, batch, mask, num_examples, replica_keys,
                        ops):
@@ -484,7 +480,7 @@ class Engine:
     n_ok = ops.sum(jnp.sum(okf, 0))
     metrics = {
         "loss": ops.sum(jnp.sum(jnp.where(oks, losses, 0.0), 0)) / jnp.maximum(n_ok, 1),
-        "replica_loss": loss_i,
+        "replica_loss": ops.gather(loss_i),
         "outer_grad_norm": jnp.mean(gnorms),  # Mean gradient norm over steps.
         "participants": ops.sum(jnp.all(oks, 0).astype(jnp.float32)),
         "nonfinite_replicas": ops.sum(
@@ -493,7 +489,7 @@ class Engine:
     for k, v in aux.items():
       metrics[f"inner/{k}"] = ops.sum(jnp.sum(jnp.where(oks, v, 0.0), 0)) / jnp.maximum(n_ok, 1)
     return state.replace(params=params, inner_state=opt_state,
-                         round=state.round + 1), _split_metrics(metrics)
+                         round=state.round + 1), metrics
 
   def _round_fn(self, state, batch, mask, num_examples, num_steps):
     if self.mesh is None:
@@ -506,12 +502,11 @@ class Engine:
       ops = _sharded_ops(self.num_replicas, self.local_replicas, axis)
       return self._round_local(state, batch, mask, num_examples, num_steps, ops)
 
-    # Metrics come back as (replicated scalars, per-replica arrays): a spec
-    # prefix per group, whatever names the loss function's aux adds.
+    # Every metric is replicated (per-replica ones are gathered).
     sharded = jax.shard_map(
         body, mesh=self.mesh,
         in_specs=(self._state_specs(), rep, rep, rep, rep),
-        out_specs=(self._state_specs(), (P(), rep)))
+        out_specs=(self._state_specs(), P()))
     return sharded(state, batch, mask, num_examples, num_steps)
 
   # --------------------------------------------------------------------------
@@ -581,8 +576,7 @@ class Engine:
     put = self._put_replica_axis
     state, metrics = self._round_jit(state, jax.tree.map(put, batch), put(mask),
                                      put(num_examples), put(num_steps))
-    scalars, per_replica = metrics
-    metrics = {**scalars, **per_replica, **self.comm_bytes(state.params)}
+    metrics = {**metrics, **self.comm_bytes(state.params)}
     return state, metrics
 
   def compiled_rounds(self) -> int:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_lab import engine as engine_lib
-from fedjax_lab.engine import TrainState, _all_finite, _select, _split_metrics
+from fedjax_lab.engine import TrainState, _all_finite, _select
 
 # Outer rules whose replicas are pulled somewhere other than the global model;
 # the streaming merge replaces that pull, so they are refused.
@@ -229,7 +229,7 @@ class StreamingEngine(engine_lib.Engine):
                               replica_params=reps, inner_state=inner,
                               comm_state=tuple(comm_state),
                               round=state.round + 1)
-    return new_state, _split_metrics(metrics)
+    return new_state, metrics
 
   def comm_bytes(self, params):
     """Per replica per round: total payload, ring traffic, and the peak
