@@ -86,11 +86,16 @@ def initialize(cfg: Optional[DistributedConfig] = None) -> DistributedConfig:
   if cfg.num_processes > 1:
     logging.info("jax.distributed: process %d of %d, coordinator %s",
                  cfg.process_id, cfg.num_processes, cfg.coordinator_address)
+    host, _, port = cfg.coordinator_address.rpartition(":")
+    # A loopback coordinator listens on loopback only (JAX binds [::] else).
+    bind = (f"{host}:{port}" if host in ("127.0.0.1", "localhost", "[::1]")
+            else None)
     jax.distributed.initialize(
         coordinator_address=cfg.coordinator_address,
         num_processes=cfg.num_processes, process_id=cfg.process_id,
         initialization_timeout=cfg.initialization_timeout,
-        heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds)
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds,
+        coordinator_bind_address=bind)
   elif cfg.auto:
     jax.distributed.initialize(
         initialization_timeout=cfg.initialization_timeout,

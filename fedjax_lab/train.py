@@ -162,6 +162,19 @@ def local_replica_ids(engine: Engine) -> List[int]:
   return sorted(ids)
 
 
+def fetch_replicated(tree):
+  """device_get for replicated values, also when they span processes.
+
+  An array replicated over devices of several processes is not fully
+  addressable, but every local copy holds the whole value.
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
+
+
 def make_mesh(num_devices: int) -> Optional[jax.sharding.Mesh]:
   """config.mesh.num_devices → a replica mesh: 0 none, -1 all devices."""
   if num_devices == 0:
@@ -370,7 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for batch in eval_data:
       out = eval_step(p, batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    means = {k: float(v) / len(eval_data) for k, v in jax.device_get(sums).items()}
+    means = {k: float(v) / len(eval_data)
+             for k, v in fetch_replicated(sums).items()}
     if "perplexity" in means:  # Of the mean loss, not the mean of exps.
       means["perplexity"] = math.exp(min(means["loss"], 700.0))
       means["bits_per_byte"] = means["loss"] / math.log(2.0)
@@ -405,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def flush(r: int):
     nonlocal last_train
-    fetched = jax.device_get([mt for _, mt in pending])
+    fetched = fetch_replicated([mt for _, mt in pending])
     bad_rounds = []
     for (rr, _), mt in zip(pending, fetched):
       row = {"kind": "train", **counters(rr)}
@@ -459,11 +473,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if first_round_s is None:
         jax.block_until_ready(state.round)
         first_round_s = time.time() - t0  # Mostly compilation.
-      # Host numbers are known statically; a per-replica array that spans
-      # other processes' devices cannot be fetched here (multi-process).
+      # Host numbers are known statically. Every device metric is
+      # replicated, so any process can read it (fetch_replicated).
       pending.append((r, {k: v for k, v in mt.items()
-                          if k not in ("payload_bytes", "ring_bytes") and
-                          getattr(v, "is_fully_addressable", True)}))
+                          if k not in ("payload_bytes", "ring_bytes")}))
       last = r == tc.rounds
       do_eval = last or (tc.eval_every and r % tc.eval_every == 0)
       do_ckpt = tc.checkpoint_every and (last or r % tc.checkpoint_every == 0)

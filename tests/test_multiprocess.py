@@ -4,6 +4,7 @@ Every process is started through experiments/launch_local.py and bounded in
 time; the worker is tests/mp_worker.py.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -102,3 +103,36 @@ def test_lost_peer_stops_the_survivor(tmp_path):
   assert elapsed < 60, elapsed
   # JAX's coordination service names the task that stopped sending heartbeats.
   assert "unhealthy" in out and "heartbeats):\n1" in out, out[-2000:]
+
+
+RUN = os.path.join(ROOT, "experiments", "run.py")
+
+
+def run_py(num_processes, devices, workdir, *overrides, timeout=240):
+  cmd = [sys.executable, LAUNCH, f"--num_processes={num_processes}",
+         f"--devices_per_process={devices}", f"--timeout_seconds={timeout}",
+         "--", sys.executable, RUN, "--config=configs/smoke.py",
+         f"--workdir={workdir}", "--config.mesh.num_devices=-1",
+         "--config.train.num_replicas=8", *overrides]
+  proc = subprocess.run(cmd, capture_output=True, text=True,
+                        timeout=timeout + 30, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return summary, rows
+
+
+def test_run_py_across_processes_and_resume_with_another_count(tmp_path):
+  """experiments/run.py: 2 processes × 4 devices ≡ 1 × 8, and a run started
+  with 2 processes resumes from its checkpoint with 1."""
+  two, two_rows = run_py(2, 4, tmp_path / "two", "--config.train.rounds=6")
+  one, one_rows = run_py(1, 8, tmp_path / "one", "--config.train.rounds=6")
+  losses = lambda rows: [r["train/loss"] for r in rows if r["kind"] == "train"]
+  np.testing.assert_allclose(losses(two_rows), losses(one_rows), rtol=1e-5)
+  np.testing.assert_allclose(two["final_eval"]["loss"],
+                             one["final_eval"]["loss"], rtol=1e-5)
+  resumed, _ = run_py(1, 8, tmp_path / "two", "--config.train.rounds=8")
+  assert resumed["resumed_from"] == 6 and resumed["rounds"] == 8
+  assert np.isfinite(resumed["final_eval"]["loss"])
