@@ -10,11 +10,18 @@ Run:
 
 Override any field on the command line, e.g.
   --config.outer.hparams.learning_rate=0.5 --config.inner.steps=50
-(to switch algorithm use its family's config, e.g. configs/fedopt.py, since
-each algorithm takes its own hyperparameters).
+  --config.outer.name=fedadam --config.outer.hparams.tau=0.01
+(unset hyperparameters take the algorithm's paper defaults; configs/<family>.py
+hold tuned ones).
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+
+def _unset(kind):
+  """A typed empty field: overridable from the command line, None by default."""
+  return config_dict.placeholder(kind)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -67,10 +74,25 @@ def get_config() -> ml_collections.ConfigDict:
   # The outer algorithm (fedjax_lab.outer registry).
   config.outer = ml_collections.ConfigDict()
   config.outer.name = "diloco"  # Registry name: see fedjax_lab.outer.names().
-  # Hyperparameters of that algorithm (fedjax_lab.outer.hparams(name) lists them).
+  # Hyperparameters of that algorithm (fedjax_lab.outer.hparams(name) lists
+  # them). None = the algorithm's own default (its paper's), so switching
+  # --config.outer.name needs nothing else; a value set here that the chosen
+  # algorithm does not take is an error naming it.
   config.outer.hparams = ml_collections.ConfigDict()
-  config.outer.hparams.learning_rate = 0.7  # Outer Nesterov lr (DiLoCo: 0.7).
-  config.outer.hparams.momentum = 0.9  # Outer Nesterov momentum (DiLoCo: 0.9).
+  hp = config.outer.hparams
+  hp.learning_rate = _unset(float)  # Outer/server lr (diloco 0.7, fedavg 1, fedopt 1e-2).
+  hp.momentum = _unset(float)  # Outer momentum (diloco, fedavgm: 0.9).
+  hp.nesterov = _unset(bool)  # diloco: Nesterov momentum (True).
+  hp.b1 = _unset(float)  # FedOpt β1 (0.9).
+  hp.b2 = _unset(float)  # FedOpt β2 (0.99 paper form, 0.999 bias-corrected).
+  hp.tau = _unset(float)  # FedOpt adaptivity τ (1e-3).
+  hp.bias_correction = _unset(bool)  # FedOpt: Keras/optax form (False).
+  hp.beta = _unset(float)  # EASGD moving rate β = M·α (0.9).
+  hp.rho = _unset(float)  # EASGD elastic penalty ρ per local step (0).
+  hp.mu = _unset(float)  # FedProx proximal μ (0.01).
+  hp.outer = _unset(str)  # FedProx: the outer rule it wraps ('fedavg').
+  hp.alpha = _unset(float)  # PAPA: keep fraction α (0.99).
+  hp.reset_inner_state = _unset(bool)  # Reset inner optimizer each round.
 
   # Compression of the outer gradients (fedjax_lab.comm.compress registry).
   config.comm = ml_collections.ConfigDict()

@@ -194,7 +194,9 @@ def check_schema(config: ml_collections.ConfigDict) -> None:
 
 
 def outer_hparams(config) -> Dict[str, Any]:
-  return _plain(config.outer.hparams)
+  """The outer hyperparameters that are set (None = the algorithm's default)."""
+  return {k: v for k, v in _plain(config.outer.hparams).items()
+          if v is not None}
 
 
 def comm_hparams(config) -> Dict[str, Any]:

@@ -111,7 +111,8 @@ BAD_CASES = {
     "unknown_algorithm": (["--config.outer.name=fedmagic"], "outer.name"),
     "bad_outer_hparam": (["--config.outer.hparams.learning_rate=-1"],
                          "learning_rate"),
-    "hparam_of_another_algorithm": (["--config.outer.name=fedadam"],
+    "hparam_of_another_algorithm": (["--config.outer.name=fedadam",
+                                     "--config.outer.hparams.momentum=0.5"],
                                     "outer.hparams.momentum"),
     "unknown_compressor": (["--config.comm.compressor=zip"], "comm.compressor"),
     "replicas_not_dividing_devices": (
@@ -163,3 +164,14 @@ def test_validation_messages_in_process():
   config.mesh.num_devices = 4
   with pytest.raises(config_validation.ConfigError, match="mesh.num_devices"):
     config_validation.validate(config, device_count=2)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("fedjax_lab").outer.names()))
+def test_default_config_switches_algorithm_by_name(name):
+  """--config.outer.name=X alone is enough: unset hparams take X's defaults."""
+  from configs import default
+  from fedjax_lab import config_validation
+  config = default.get_config()
+  config.outer.name = name
+  config_validation.validate(config, device_count=4)
+  assert config_validation.outer_hparams(config) == {}
