@@ -7,7 +7,15 @@ writes into the comparison's directory:
   replica sent (payload and ring all-reduce), the ratio to the ddp arm's
   bytes, tokens and wall time; with several seeds per setting, also their
   mean ± std;
-* eval_loss_vs_steps.png and eval_loss_vs_bytes.png (matplotlib Agg).
+* eval_loss_vs_steps.png, eval_loss_vs_bytes.png and
+  eval_loss_vs_simulated_wall.png (matplotlib Agg).
+
+The simulated wall-clock (fedjax_lab.comm.netsim) is what each arm would take
+with its replicas on separate islands joined by a `bandwidth_gbps` link: the
+compute time of one replica's inner step is measured here (the median over
+arms of round time / (H·M), since this machine runs the M replicas one after
+another) and every arm's counted bytes go over the simulated ring all-reduce
+(blocking: ddp every step, the others every H steps).
 """
 
 import csv
@@ -17,12 +25,52 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from fedjax_lab.comm import netsim
 from fedjax_lab.metrics import METRICS_FILE, read_rows
 
 TABLE_MD = "results.md"
 TABLE_CSV = "results.csv"
 PLOT_STEPS = "eval_loss_vs_steps.png"
 PLOT_BYTES = "eval_loss_vs_bytes.png"
+PLOT_SIM = "eval_loss_vs_simulated_wall.png"
+# The simulated link between islands: a fast WAN / slow datacenter link.
+SIM_BANDWIDTH_GBPS = 1.0
+SIM_LATENCY_S = 1e-3
+
+
+def _measured_step_seconds(r: Dict[str, Any]) -> Optional[float]:
+  """One replica's inner-step compute time in this arm (compile excluded)."""
+  timing = r.get("timing") or {}
+  rounds, h, m = r.get("rounds"), r.get("inner_steps"), r.get("num_replicas")
+  total, first = timing.get("total_s"), timing.get("first_round_s")
+  if not (rounds and rounds > 1 and h and m and total and first is not None):
+    return None
+  return max(total - first, 1e-9) / (rounds - 1) / h / m
+
+
+def simulated_seconds_per_step(results: Sequence[Dict[str, Any]], *,
+                               bandwidth_gbps: float = SIM_BANDWIDTH_GBPS,
+                               latency_s: float = SIM_LATENCY_S
+                               ) -> Dict[str, float]:
+  """{arm name: simulated wall seconds per inner step} (see module doc)."""
+  measured = [s for s in map(_measured_step_seconds, results) if s]
+  if not measured:
+    return {}
+  step_s = float(np.median(measured))
+  out = {}
+  for r in results:
+    steps = r.get("steps") or 0
+    if not steps or not r.get("payload_bytes"):
+      continue
+    ddp = r.get("algorithm") == "ddp"
+    h = 1 if ddp else r["inner_steps"]
+    per_sync = r["payload_bytes"] / (steps / h)
+    out[r["name"]] = netsim.simulate(
+        "ddp" if ddp else "diloco", step_seconds=step_s,
+        payload_bytes=per_sync, num_replicas=r.get("num_replicas") or 1,
+        inner_steps=h, bandwidth_gbps=bandwidth_gbps,
+        latency_s=latency_s)["wall_seconds_per_step"]
+  return out
 
 
 def _outer_lr(r: Dict[str, Any]) -> Optional[float]:
@@ -49,6 +97,7 @@ def _num(x, fmt="{:.4f}") -> str:
 
 def rows_of(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """One flat row per arm (what the CSV holds)."""
+  sim = simulated_seconds_per_step(results)
   ddp = [r for r in results if r.get("algorithm") == "ddp"]
   ddp_bytes = ddp[0]["payload_bytes"] if ddp else None
   rows = []
@@ -75,6 +124,8 @@ def rows_of(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
                          if ddp_bytes else None),
         "nonfinite_replicas": r.get("nonfinite_replicas"),
         "wall_s": r.get("wall_s"),
+        "simulated_wall_s": (sim[r["name"]] * r["steps"]
+                             if r["name"] in sim else None),
     })
   return rows
 
@@ -83,8 +134,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   """The per-arm table, best final eval loss first."""
   head = ("| arm | algorithm | H | outer hparams | seed | final eval loss | "
           "perplexity | best eval loss | sent / replica | ring / replica | "
-          "bytes vs ddp | wall |")
-  lines = [head, "|" + "---|" * 12]
+          f"bytes vs ddp | wall | simulated wall @ {SIM_BANDWIDTH_GBPS:g} Gbit/s |")
+  lines = [head, "|" + "---|" * 13]
   key = lambda r: (r["final_eval_loss"] is None, r["final_eval_loss"] or 0.0)
   for r in sorted(rows, key=key):
     ratio = r["bytes_vs_ddp"]
@@ -98,7 +149,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         f"{_num(r['final_eval_loss'])} | {_num(r['final_eval_perplexity'], '{:.2f}')} | "
         f"{_num(r['best_eval_loss'])} | {_fmt_bytes(r['payload_bytes'] or 0)} | "
         f"{_fmt_bytes(r['ring_bytes'] or 0)} | {ratio_txt} | "
-        f"{_num(r['wall_s'], '{:.0f} s')} |")
+        f"{_num(r['wall_s'], '{:.0f} s')} | "
+        f"{_num(r['simulated_wall_s'], '{:.3g} s')} |")
   return "\n".join(lines) + "\n"
 
 
@@ -140,10 +192,16 @@ def plot_curves(results, workdir: str) -> List[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   curves = _curves(results, workdir)
+  sim = simulated_seconds_per_step(results)
+  for name, ev in curves:
+    for row in ev:
+      row["simulated_wall_s"] = row["step"] * sim.get(name, np.nan)
   written = []
   for xkey, xlabel, fname, logx in (
       ("step", "inner steps per replica", PLOT_STEPS, False),
-      ("payload_bytes", "bytes sent per replica (cumulative)", PLOT_BYTES, True)):
+      ("payload_bytes", "bytes sent per replica (cumulative)", PLOT_BYTES, True),
+      ("simulated_wall_s", f"simulated wall-clock (s), islands joined by "
+       f"{SIM_BANDWIDTH_GBPS:g} Gbit/s", PLOT_SIM, True)):
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for i, (name, ev) in enumerate(curves):
       xs = [row[xkey] for row in ev]

@@ -32,6 +32,11 @@ def test_compare_tiny_sweep_writes_table_and_plots(tmp_path):
   for r in rows:
     assert math.isfinite(float(r["final_eval_loss"]))
     assert float(r["final_eval_loss"]) < math.log(256)
-  for png in ("eval_loss_vs_steps.png", "eval_loss_vs_bytes.png"):
+  # Simulated wall-clock: same compute, so fewer bytes is never slower.
+  sim = {a: float(r["simulated_wall_s"]) for a, r in by_alg.items()}
+  assert all(math.isfinite(s) and s > 0 for s in sim.values())
+  assert sim["fedavg"] <= sim["diloco"] <= sim["ddp"]
+  for png in ("eval_loss_vs_steps.png", "eval_loss_vs_bytes.png",
+              "eval_loss_vs_simulated_wall.png"):
     data = (workdir / png).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
