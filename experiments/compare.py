@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fedjax_lab import cli
 from fedjax_lab import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,20 +35,6 @@ _SWEEP = flags.DEFINE_string("sweep", "default", "Which sweep of the config file
 _REUSE = flags.DEFINE_bool("reuse", True, "Skip arms that already completed.")
 
 
-def _fail(code: int, message: str):
-  sys.stderr.write(f"error: {message}\n")
-  sys.stderr.flush()
-  sys.exit(code)
-
-
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    _fail(2, str(e).strip().strip('"') if isinstance(e, flags.Error)
-          else f"{type(e).__name__}: {e}")
-
-
 def _sweep_fn(config_arg: str):
   """get_sweep from the file named by --config (the part before any ':')."""
   path = config_arg.split(":", 1)[0]
@@ -55,28 +42,28 @@ def _sweep_fn(config_arg: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
-    _fail(2, f"--config: {path} defines no get_sweep(config, name)")
+    cli.fail(2, f"--config: {path} defines no get_sweep(config, name)")
   return module.get_sweep
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(2, f"unexpected arguments {argv[1:]}")
+    cli.fail(2, f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
-    _fail(2, "--config and --workdir are required")
+    cli.fail(2, "--config and --workdir are required")
   train.quiet_orbax_logs()
   get_sweep = _sweep_fn(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
     arms = get_sweep(_CONFIG.value, _SWEEP.value)
   except ValueError as e:
-    _fail(2, f"--sweep: {e}")
+    cli.fail(2, f"--sweep: {e}")
   try:
     train.run_comparison(_CONFIG.value, arms, _WORKDIR.value,
                          reuse=_REUSE.value)
   except train.ConfigError as e:
-    _fail(2, f"config: {e}")
+    cli.fail(2, f"config: {e}")
   logging.info("report: %s", os.path.join(_WORKDIR.value, "results.md"))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

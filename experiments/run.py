@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fedjax_lab import cli
 from fedjax_lab import distributed
 from fedjax_lab import train
 
@@ -51,29 +52,11 @@ _HEARTBEAT = flags.DEFINE_integer(
     "lost and the others stop (default 20).")
 
 
-def _fail(code: int, message: str):
-  sys.stderr.write(f"error: {message}\n")
-  sys.stderr.flush()
-  sys.exit(code)
-
-
-def _parse_flags(argv):
-  """absl's parser, but a bad flag or config override exits 2 with one line."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    # flags.Error, and whatever config_flags raises for a bad override or an
-    # unloadable config file (KeyError, AttributeError, TypeError, ...).
-    text = str(e).strip().strip('"')
-    _fail(2, f"{type(e).__name__}: {text}" if not isinstance(e, flags.Error)
-          else text)
-
-
 def main(argv):
   if len(argv) > 1:
-    _fail(2, f"unexpected arguments {argv[1:]}")
+    cli.fail(2, f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
-    _fail(2, "--config and --workdir are required")
+    cli.fail(2, "--config and --workdir are required")
   try:
     distributed.initialize(distributed.config_from_env(
         coordinator_address=_COORDINATOR.value,
@@ -82,18 +65,18 @@ def main(argv):
         auto=_AUTO.value or None,
         heartbeat_timeout_seconds=_HEARTBEAT.value))
   except ValueError as e:
-    _fail(2, f"distributed: {e}")
+    cli.fail(2, f"distributed: {e}")
   train.quiet_orbax_logs()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.ConfigError as e:
-    _fail(2, f"config: {e}")
+    cli.fail(2, f"config: {e}")
   except train.TrainingStopped as e:
     logging.error("%s", e)
-    _fail(3, f"training stopped: {e}")
+    cli.fail(3, f"training stopped: {e}")
   except train.CheckpointError as e:
-    _fail(1, f"checkpoint: {e}")
+    cli.fail(1, f"checkpoint: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
