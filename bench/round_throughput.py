@@ -29,15 +29,21 @@ from fedjax_lab import engine as engine_lib
 from fedjax_lab import models
 
 
-def _time(fn, repeats):
-  """Median wall seconds of fn() (fn blocks until its result is ready)."""
-  fn()  # Warm-up / compile.
-  times = []
+def _time(fns, repeats):
+  """Median wall seconds of each fn() (each blocks until its result is ready).
+
+  The functions are timed in turn, `repeats` times round, so that slow drifts
+  of the machine (frequency, other load) hit all of them alike.
+  """
+  for fn in fns:
+    fn()  # Warm-up / compile.
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    for fn, ts in zip(fns, times):
+      t = time.perf_counter()
+      fn()
+      ts.append(time.perf_counter() - t)
+  return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -48,7 +54,7 @@ def main():
   parser.add_argument("--d_model", type=int, default=128)
   parser.add_argument("--num_layers", type=int, default=2)
   parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
 
   m, b, l = args.replicas, args.batch, args.seq_len
@@ -114,9 +120,8 @@ def main():
       ops_holder["g"] = sync_only(holder["state"])
       jax.block_until_ready(ops_holder["g"])
 
-    t_rep = _time(replicas_round, args.repeats)
-    t_big = _time(big_batch_round, args.repeats)
-    t_sync = _time(outer_step, max(args.repeats, 5))
+    t_rep, t_big, t_sync = _time(
+        [replicas_round, big_batch_round, outer_step], args.repeats)
     n_tokens = m * h * b * l
     rows.append((h, n_tokens / t_rep, n_tokens / t_big, t_big / t_rep,
                  t_sync / t_rep))
