@@ -229,8 +229,10 @@ class Engine:
     stack = lambda tree: jax.tree.map(
         lambda x: jnp.broadcast_to(x, (m,) + x.shape), tree)
     if self.outer.data_parallel:
+      # Per-replica compressor state: ddp may compress its gradients too.
       return TrainState(params=params, outer_state=(), replica_params=None,
-                        inner_state=self.inner_opt.init(params), comm_state=(),
+                        inner_state=self.inner_opt.init(params),
+                        comm_state=jax.vmap(self.compressor.init)(stack(params)),
                         round=jnp.zeros([], jnp.int32), rng=rng)
     replica_params = stack(params)
     return TrainState(
@@ -288,13 +290,12 @@ class Engine:
     """Bytes one replica sends per round: payload and ring all-reduce traffic.
 
     Payload = Σ numel × bits / 8 as the compressor encodes it (per sync; ddp
-    sends fp32 gradients every one of its H steps). A ring all-reduce moves
-    2·(M − 1)/M of the payload per replica.
+    sends its gradients, fp32 unless compressed, every one of its H steps).
+    A ring all-reduce moves 2·(M − 1)/M of the payload per replica.
     """
+    payload = self.compressor.payload_bytes(params)
     if self.outer.data_parallel:
-      payload = self.inner_steps * compress_lib.tree_bytes(params, 32)
-    else:
-      payload = self.compressor.payload_bytes(params)
+      payload *= self.inner_steps
     m = self.num_replicas
     return {"payload_bytes": float(payload),
             "ring_bytes": float(payload * 2 * (m - 1) / m)}
@@ -422,7 +423,7 @@ class Engine:
     sync_key, replica_keys, comm_keys = self._round_keys(state, ops)
     if self.outer.data_parallel:
       return self._ddp_round_local(state, batch, mask, num_examples,
-                                   replica_keys, ops)
+                                   replica_keys, comm_keys, ops)
     g = state.params
     new_p, new_o, loss_sum, aux_sum, count, finite_loss = self._local_phase(
         state.replica_params, state.inner_state, batch, num_steps,
@@ -447,12 +448,13 @@ class Engine:
     return new_state, metrics
 
   def _ddp_round_local(self, state, batch, mask, num_examples, replica_keys,
-                       ops):
+                       comm_keys, ops):
+    """Data-parallel: every step, (compressed) gradients are averaged."""
     batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
     grad_fn = jax.vmap(self._loss_and_grad, in_axes=(None, 0, 0, None))
 
     def step(carry, xs):
-      p, o = carry
+      p, o, cs = carry
       b, t = xs
       keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(replica_keys)
       # Per-replica gradients, each summed exactly once (by weighted_sum).
@@ -462,17 +464,21 @@ class Engine:
       ok = mask & finite
       weights, anyone = self._weights(ok, num_examples, ops)
       grads_i = _select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
-      grad = ops.weighted_sum(grads_i, weights)
+      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(comm_keys)
+      sent, cs_new = jax.vmap(self.compressor.compress)(grads_i, cs, step_keys)
+      cs = _select(ok, cs_new, cs)
+      grad = ops.weighted_sum(sent, weights)
       updates, o_new = self.inner_opt.update(grad, o, p)
       p_new = optax.apply_updates(p, updates)
       keep = lambda new, old: jax.tree.map(
           lambda a, b_: jnp.where(anyone, a, b_), new, old)
-      return (keep(p_new, p), keep(o_new, o)), (loss_i, aux_i, ok,
-                                                optax.tree.norm(grad))
+      return (keep(p_new, p), keep(o_new, o), cs), (loss_i, aux_i, ok,
+                                                    optax.tree.norm(grad))
 
     steps = jnp.arange(self.inner_steps, dtype=jnp.int32)
-    (params, opt_state), (losses, aux, oks, gnorms) = jax.lax.scan(
-        step, (state.params, state.inner_state), (batch_t, steps))
+    (params, opt_state, comm_state), (losses, aux, oks, gnorms) = jax.lax.scan(
+        step, (state.params, state.inner_state, state.comm_state),
+        (batch_t, steps))
     okf = oks.astype(jnp.float32)  # [H, m]
     per_replica = lambda x: jnp.sum(jnp.where(oks, x, 0.0), 0) / jnp.maximum(
         jnp.sum(okf, 0), 1)
@@ -489,7 +495,7 @@ class Engine:
     for k, v in aux.items():
       metrics[f"inner/{k}"] = ops.sum(jnp.sum(jnp.where(oks, v, 0.0), 0)) / jnp.maximum(n_ok, 1)
     return state.replace(params=params, inner_state=opt_state,
-                         round=state.round + 1), metrics
+                         comm_state=comm_state, round=state.round + 1), metrics
 
   def _round_fn(self, state, batch, mask, num_examples, num_steps):
     if self.mesh is None:
