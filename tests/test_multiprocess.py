@@ -136,3 +136,46 @@ def test_run_py_across_processes_and_resume_with_another_count(tmp_path):
   resumed, _ = run_py(1, 8, tmp_path / "two", "--config.train.rounds=8")
   assert resumed["resumed_from"] == 6 and resumed["rounds"] == 8
   assert np.isfinite(resumed["final_eval"]["loss"])
+
+
+def test_killed_run_py_stops_and_restart_resumes(tmp_path):
+  """run.py across 2 processes: kill one after a checkpoint, the other stops
+  non-zero within 60 s, and the same command resumes from that checkpoint."""
+  workdir = tmp_path / "run"
+  ckpt_dir = workdir / "checkpoints"
+  port = 20000 + (os.getpid() + 7) % 20000
+  procs = []
+  args = ["--config=configs/smoke.py", f"--workdir={workdir}",
+          "--config.mesh.num_devices=-1", "--config.train.num_replicas=8"]
+  for i in range(2):
+    env = dict(os.environ, FEDJAX_LAB_COORDINATOR=f"127.0.0.1:{port}",
+               FEDJAX_LAB_NUM_PROCESSES="2", FEDJAX_LAB_PROCESS_ID=str(i),
+               FEDJAX_LAB_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs.append(subprocess.Popen(
+        [sys.executable, RUN, *args, "--config.train.rounds=100000"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, cwd=ROOT))
+  steps = lambda: sorted(int(p.name) for p in ckpt_dir.glob("*")
+                         if p.name.isdigit()) if ckpt_dir.exists() else []
+  try:
+    deadline = time.monotonic() + 120
+    while len(steps()) < 2:  # Two finalised checkpoints.
+      assert time.monotonic() < deadline, "no checkpoint was written"
+      assert all(p.poll() is None for p in procs)
+      time.sleep(0.2)
+    killed_at = time.monotonic()
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    _, err = procs[0].communicate(timeout=90)
+    elapsed = time.monotonic() - killed_at
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+      p.wait()
+  assert procs[0].returncode != 0 and elapsed < 60, elapsed
+  assert "stopped sending heartbeats" in err.decode(errors="replace")
+  last = steps()[-1]
+  summary, rows = run_py(2, 4, workdir, f"--config.train.rounds={last + 4}")
+  assert summary["resumed_from"] == last and summary["rounds"] == last + 4
+  assert np.isfinite(summary["final_eval"]["loss"])
