@@ -70,7 +70,24 @@ def test_checkpoint_restores_across_process_counts(tmp_path, save_procs,
 
 def test_lost_peer_stops_the_survivor(tmp_path):
   """Kill process 1 mid-run: process 0 exits non-zero naming it, within 60 s."""
-  port = 20000 + os.getpid() % 20000
+  out, code, elapsed = kill_one_of_two(
+      [sys.executable, WORKER, f"--out={tmp_path}", "--rounds=1",
+       "--stall_after=1"],
+      # Under way once process 0 has written a round.
+      lambda: os.path.exists(f"{tmp_path}/round1.npz"))
+  assert code != 0
+  assert elapsed < 60, elapsed
+  # JAX's coordination service names the task that stopped sending heartbeats.
+  assert "unhealthy" in out and "heartbeats):\n1" in out, out[-2000:]
+
+def kill_one_of_two(command, ready, *, port_offset=0):
+  """Starts `command` as 2 processes (4 CPU devices each) on 127.0.0.1, waits
+  until `ready()`, SIGKILLs process 1 and waits (bounded) for process 0.
+
+  Returns:
+    (process 0's output, its exit code, seconds from the kill to its exit).
+  """
+  port = 20000 + (os.getpid() + port_offset) % 20000
   procs = []
   for i in range(2):
     env = dict(os.environ, FEDJAX_LAB_COORDINATOR=f"127.0.0.1:{port}",
@@ -79,15 +96,13 @@ def test_lost_peer_stops_the_survivor(tmp_path):
                PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
     procs.append(subprocess.Popen(
-        [sys.executable, WORKER, f"--out={tmp_path}", "--rounds=1",
-         "--stall_after=1"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT))
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, cwd=ROOT))
   try:
-    # Wait until the run is under way (process 0 has written a round).
     deadline = time.monotonic() + 120
-    while not os.path.exists(f"{tmp_path}/round1.npz"):
-      assert time.monotonic() < deadline, "the run never started"
-      assert procs[0].poll() is None and procs[1].poll() is None
+    while not ready():
+      assert time.monotonic() < deadline, "the run never got under way"
+      assert all(p.poll() is None for p in procs)
       time.sleep(0.2)
     killed_at = time.monotonic()
     os.killpg(procs[1].pid, signal.SIGKILL)
@@ -98,11 +113,7 @@ def test_lost_peer_stops_the_survivor(tmp_path):
       if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
       p.wait()
-  out = out.decode(errors="replace")
-  assert procs[0].returncode != 0
-  assert elapsed < 60, elapsed
-  # JAX's coordination service names the task that stopped sending heartbeats.
-  assert "unhealthy" in out and "heartbeats):\n1" in out, out[-2000:]
+  return out.decode(errors="replace"), procs[0].returncode, elapsed
 
 
 RUN = os.path.join(ROOT, "experiments", "run.py")
@@ -143,38 +154,16 @@ def test_killed_run_py_stops_and_restart_resumes(tmp_path):
   non-zero within 60 s, and the same command resumes from that checkpoint."""
   workdir = tmp_path / "run"
   ckpt_dir = workdir / "checkpoints"
-  port = 20000 + (os.getpid() + 7) % 20000
-  procs = []
   args = ["--config=configs/smoke.py", f"--workdir={workdir}",
           "--config.mesh.num_devices=-1", "--config.train.num_replicas=8"]
-  for i in range(2):
-    env = dict(os.environ, FEDJAX_LAB_COORDINATOR=f"127.0.0.1:{port}",
-               FEDJAX_LAB_NUM_PROCESSES="2", FEDJAX_LAB_PROCESS_ID=str(i),
-               FEDJAX_LAB_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    procs.append(subprocess.Popen(
-        [sys.executable, RUN, *args, "--config.train.rounds=100000"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, cwd=ROOT))
   steps = lambda: sorted(int(p.name) for p in ckpt_dir.glob("*")
                          if p.name.isdigit()) if ckpt_dir.exists() else []
-  try:
-    deadline = time.monotonic() + 120
-    while len(steps()) < 2:  # Two finalised checkpoints.
-      assert time.monotonic() < deadline, "no checkpoint was written"
-      assert all(p.poll() is None for p in procs)
-      time.sleep(0.2)
-    killed_at = time.monotonic()
-    os.killpg(procs[1].pid, signal.SIGKILL)
-    _, err = procs[0].communicate(timeout=90)
-    elapsed = time.monotonic() - killed_at
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-      p.wait()
-  assert procs[0].returncode != 0 and elapsed < 60, elapsed
-  assert "stopped sending heartbeats" in err.decode(errors="replace")
+  out, code, elapsed = kill_one_of_two(
+      [sys.executable, RUN, *args, "--config.train.rounds=100000"],
+      lambda: len(steps()) >= 2,  # Two finalised checkpoints.
+      port_offset=7)
+  assert code != 0 and elapsed < 60, elapsed
+  assert "stopped sending heartbeats" in out
   last = steps()[-1]
   summary, rows = run_py(2, 4, workdir, f"--config.train.rounds={last + 4}")
   assert summary["resumed_from"] == last and summary["rounds"] == last + 4
