@@ -272,7 +272,7 @@ def _plot(results, path, title):
   for res in results:
     if res["outer"] == "single":
       ax.axhline(res["final_eval_loss"], color="black", lw=1, ls=":",
-                 label=f"1 replica alone, no communication (final)")
+                 label="1 replica alone, no communication (final)")
   ddp = [r for r in results if r["outer"] == "ddp"]
   if ddp:
     ref = ddp[0]["final_eval_loss"]
@@ -405,9 +405,9 @@ def _report(args, results, fingerprint, device_str, task, num_tensors,
     "symmetric absmax int8, one fp32 scale per tensor (`block_size=None`); "
     "`fp4` = 4-bit E3M0, one fp32 scale per tensor. `+EF` = error feedback "
     "(`ef=True`).")
-  w(f"- Bytes: per replica, summed over rounds from the engine's "
-    f"`metrics['payload_bytes']` (and `ring_bytes` = 2(M−1)/M × payload for a "
-    f"ring all-reduce; the ratio vs ddp is the same for both).")
+  w("- Bytes: per replica, summed over rounds from the engine's "
+    "`metrics['payload_bytes']` (and `ring_bytes` = 2(M−1)/M × payload for a "
+    "ring all-reduce; the ratio vs ddp is the same for both).")
   w(f"- JAX {jax.__version__}, flax/optax as installed; device {device_str}; "
     f"Python {platform.python_version()}. Total wall time of the run "
     f"{total_s:.0f} s (other processes shared the machine, so wall times "

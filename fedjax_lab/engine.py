@@ -15,10 +15,8 @@ Per-replica arrays carry a leading replica axis [M, ...]; batches have leading
 axes [M, H, B, ...].
 """
 
-import dataclasses
 import functools
-import math
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import flax
 import jax
@@ -219,6 +217,7 @@ class Engine:
     self._round_jit = jax.jit(self._round_fn,
                               donate_argnums=(0,) if donate else ())
     self._init_jit = None
+    self._round_comm_bytes = None  # Static per engine: shapes never change.
 
   # --------------------------------------------------------------------------
   # State.
@@ -582,7 +581,9 @@ class Engine:
     put = self._put_replica_axis
     state, metrics = self._round_jit(state, jax.tree.map(put, batch), put(mask),
                                      put(num_examples), put(num_steps))
-    metrics = {**metrics, **self.comm_bytes(state.params)}
+    if self._round_comm_bytes is None:
+      self._round_comm_bytes = self.comm_bytes(state.params)
+    metrics = {**metrics, **self._round_comm_bytes}
     return state, metrics
 
   def compiled_rounds(self) -> int:
