@@ -224,6 +224,11 @@ def test_payload_bytes_by_hand():
       ("topk", (("fraction", 0.2), ("values", "int8"))): 28,
       # k=3: 12 idx + (3 + 4); k=1: 4 + (1 + 4)
       ("int8", (("block_size", 4), ("ef", True))): 44,
+      # DCT top-k: w is one 3x5 block (k clamped to 15, 4-bit indices):
+      # 15·36 bits = 67.5 -> 68; b one block of 5 (3-bit): 5·35 = 175 bits -> 22.
+      ("dct_topk", ()): 90,
+      # k = 4: 4·36 = 144 bits = 18; 4·35 = 140 bits -> 18.
+      ("dct_topk", (("topk", 4),)): 36,
   }
   for (name, hp), n in expected.items():
     c = compress.get(name, **dict(hp))
@@ -261,7 +266,7 @@ def _run_ef(name, rounds=200, seed=8, **hp):
 @pytest.mark.parametrize("name,hp", [
     ("int8", {}), ("int8", {"block_size": 8}), ("int4", {"block_size": 8}),
     ("fp4", {}), ("uint8", {}), ("topk", {"fraction": 0.1}), ("bf16", {}),
-    ("int8", {"stochastic": True}),
+    ("int8", {"stochastic": True}), ("dct_topk", {"chunk": 4, "topk": 2}),
 ])
 def test_error_feedback_conserves_mass(name, hp):
   sent, true, state, _, _ = _run_ef(name, **hp)
@@ -348,6 +353,7 @@ def test_registry_errors():
     ("none", {}), ("bf16", {}), ("int8", {"block_size": 4, "ef": True}),
     ("int4", {"stochastic": True}), ("fp4", {"block_size": 4}),
     ("uint8", {"ef": True}), ("topk", {"fraction": 0.3, "values": "fp4"}),
+    ("dct_topk", {"chunk": 3, "topk": 2, "ef": True}),
 ])
 def test_vmap_over_replicas_matches_loop(name, hp):
   m = 4
@@ -367,3 +373,43 @@ def test_vmap_over_replicas_matches_loop(name, hp):
       np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-6,
                                  atol=1e-7)
   assert all(o.dtype == jnp.float32 for o in jax.tree.leaves(out))
+
+
+# ------------------------------------------------------------ dct_topk
+
+
+def test_dct_topk_keeps_largest_coefficients():
+  """A 1-D tensor of 4 = one DCT block; compare with the DCT written out."""
+  x = np.array([1.0, -2.0, 0.5, 3.0])
+  n = np.arange(4)
+  basis = np.array([np.sqrt((1 if k == 0 else 2) / 4) *
+                    np.cos(np.pi * (n + 0.5) * k / 4) for k in range(4)])
+  c = basis @ x
+  kept = np.where(np.abs(c) >= np.sort(np.abs(c))[-2], c, 0.0)  # top 2
+  np.testing.assert_allclose(_roundtrip("dct_topk", x, chunk=4, topk=2),
+                             basis.T @ kept, atol=1e-6)
+  np.testing.assert_allclose(_roundtrip("dct_topk", x, chunk=4, topk=4), x,
+                             atol=1e-6)
+  # chunk 2: two blocks of 2, one coefficient each.
+  b2 = np.array([[1, 1], [1, -1]]) / np.sqrt(2)
+  out = _roundtrip("dct_topk", x, chunk=2, topk=1)
+  for blk in range(2):
+    cc = b2 @ x[2 * blk:2 * blk + 2]
+    cc = np.where(np.abs(cc) == np.abs(cc).max(), cc, 0.0)
+    np.testing.assert_allclose(out[2 * blk:2 * blk + 2], b2.T @ cc, atol=1e-6)
+
+
+@pytest.mark.parametrize("hp,field", [({"chunk": 0}, "chunk"),
+                                      ({"topk": 0}, "topk"),
+                                      ({"topk": 2.5}, "topk"),
+                                      ({"chunk": True}, "chunk")])
+def test_dct_topk_bad_hparams(hp, field):
+  with pytest.raises(ValueError, match=f"dct_topk: {field} must be an integer"):
+    compress.get("dct_topk", **hp)
+
+
+def test_error_feedback_refuses_a_compressor_with_its_own_aggregate():
+  c = compress.none()._replace(aggregate=lambda sent, w, ops: sent)
+  with pytest.raises(ValueError, match="own aggregate"):
+    compress.error_feedback(c)
+  assert compress.get("int8").aggregate is None  # The engine's weighted mean.

@@ -6,6 +6,8 @@ Papers:
     lookup table, the average accumulated in fp32.
   * Streaming DiLoCo (arXiv 2501.18512): 4-bit E3M0 floats (sign + 3 exponent
     bits, no mantissa), the average accumulated in fp32.
+  * DeMo (arXiv 2411.19870): chunked DCT-II, top-k coefficients per block
+    (`dct_topk`; the codec is `fedjax_lab.comm.dct`).
   * Error feedback (Seide et al. 2014, "1-bit SGD"; Karimireddy et al.,
     arXiv 1901.09847): send c = C(Δ_i + r_i), keep r_i ← Δ_i + r_i − c.
 
@@ -46,13 +48,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_lab.comm import dct as dct_lib
 from fedjax_lab.typing import Params, PRNGKey, Updates
 
 
 class Compressor(NamedTuple):
+  """A compressor (see the module docstring).
+
+  aggregate: optional (sent [m, ...], weights [m], ops) -> tree shaped like
+    the params: how receivers combine what the replicas sent, `ops` a
+    `fedjax_lab.outer.base.ReplicaOps`. None means the engine's weighted mean
+    `ops.weighted_sum(sent, weights)` of the decoded values. A compressor
+    with its own aggregate may send something other than decoded values
+    (e.g. DeMo's sparse DCT coefficients, `fedjax_lab.comm.dct`).
+  """
   init: Callable[[Params], Any]
   compress: Callable[[Updates, Any, PRNGKey], Tuple[Updates, Any]]
   payload_bytes: Callable[[Params], int]
+  aggregate: Optional[Callable[[Any, jax.Array, Any], Updates]] = None
 
 
 def tree_bytes(tree: Params, bits_per_element: float = 32.0) -> int:
@@ -470,6 +483,10 @@ def error_feedback(compressor: Compressor) -> Compressor:
   `nonfinite_rounds` counts such syncs.
   """
 
+  if compressor.aggregate is not None:
+    raise ValueError("compression: error_feedback needs a compressor that "
+                     "sends decoded values (this one has its own aggregate)")
+
   def init(params):
     residual = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return ErrorFeedbackState(residual=residual,
@@ -499,6 +516,37 @@ def error_feedback(compressor: Compressor) -> Compressor:
                     payload_bytes=compressor.payload_bytes)
 
 
+def dct_topk(*, chunk: int = 64, topk: int = 32) -> Compressor:
+  """DeMo's chunked DCT-II + top-k per block (arXiv 2411.19870), fp32 values.
+
+  Each tensor is cut into blocks of at most chunk (× chunk) elements (sides:
+  the largest divisors ≤ chunk), DCT-II transformed, and the `topk` largest
+  coefficients of every block are sent; receivers decode with the IDCT (see
+  `fedjax_lab.comm.dct` for the layout of 1-D, 2-D, scalar and ≥ 3-D
+  tensors). Bytes per tensor: ceil(blocks · k · (32 + ceil(log2(block)))/8)
+  (fp32 values and bit-packed indices). Deterministic; usually wrapped in
+  `error_feedback` (`ef=True`). DeMo itself sends the coefficients and
+  averages them per coefficient (`fedjax_lab.outer.demo`); this compressor
+  sends decoded values through the engine's weighted mean, for outer
+  gradients of DiLoCo and the rest.
+  """
+  for field, value in (("chunk", chunk), ("topk", topk)):
+    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+        or value < 1):
+      raise ValueError(f"compression: dct_topk: {field} must be an integer "
+                       f">= 1, got {value!r}")
+  chunk, topk = int(chunk), int(topk)
+
+  def compress(delta, state, key):
+    del key
+    return jax.tree.map(lambda x: dct_lib.roundtrip(x, chunk, topk),
+                        delta), state
+
+  return Compressor(init=lambda params: (), compress=compress,
+                    payload_bytes=lambda params: dct_lib.tree_bytes(
+                        params, chunk, topk))
+
+
 _REGISTRY = {
     "none": none,
     "bf16": bf16,
@@ -508,6 +556,7 @@ _REGISTRY = {
     "fp4": fp4,
     "uint8": uint8,
     "topk": topk,
+    "dct_topk": dct_topk,
 }
 
 
