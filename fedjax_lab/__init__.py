@@ -6,13 +6,16 @@ The public API, re-exported flat (as optax does).
 from fedjax_lab import distributed
 from fedjax_lab import outer
 from fedjax_lab.comm import compress
-from fedjax_lab.engine import DEFAULT_AXIS, Engine, TrainState, replica_mesh
-from fedjax_lab.comm.streaming import StreamingEngine
+from fedjax_lab import fragments
+from fedjax_lab.engine import (DEFAULT_AXIS, Engine, StreamingEngine,
+                               TrainState, replica_mesh)
+from fedjax_lab.fragments import FragmentSchedule
 from fedjax_lab.outer import OuterAlgorithm
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_AXIS", "Engine", "OuterAlgorithm", "StreamingEngine",
-    "TrainState", "compress", "distributed", "outer", "replica_mesh",
+    "DEFAULT_AXIS", "Engine", "FragmentSchedule", "OuterAlgorithm",
+    "StreamingEngine", "TrainState", "compress", "distributed", "fragments",
+    "outer", "replica_mesh",
 ]

@@ -1,12 +1,19 @@
 """The replica engine: one jitted call runs a whole round for any algorithm.
 
 A round: each of M replicas takes H inner optimizer steps on its own batches
-(`lax.scan` over steps, `jax.vmap` over the replicas of one device, and
-`jax.shard_map` over a named mesh axis when the replicas span devices), then
-the replicas' outer gradients Δ_i = θ − θ_i (θ the global model at the round's
-start, see `fedjax_lab.outer.base`) are compressed, averaged with weights
-w_i = n_i / Σ_j n_j (a `psum` over the mesh axis) and handed to the outer
-algorithm's `sync`. The `ddp` baseline instead averages gradients every step.
+(`lax.scan` over steps; the replicas of one device run all at once under
+`jax.vmap` or one after another under `lax.map`; `jax.shard_map` spreads them
+over a named mesh axis), then the replicas' outer gradients Δ_i = θ − θ_i (θ the
+global model at the round's start, see `fedjax_lab.outer.base`) are compressed,
+averaged with weights w_i = n_i / Σ_j n_j (a `psum` over the mesh axis) and
+handed to the outer algorithm's `sync`. The data-parallel family (`ddp`,
+`demo`) instead averages something every step.
+
+Streaming DiLoCo is not a second loop: a `FragmentSchedule` (fragments.py) cuts
+the round into segments and syncs each fragment of the parameters at its own
+step; the default schedule (one fragment, synced at the round's end) is plain
+DiLoCo/FedAvg/... . Every rule (participation, non-finite replicas, inner-state
+reset, compression, byte counts) is written once and holds for both.
 
 What differs between algorithms is data (an `OuterAlgorithm`), not loops:
 this module holds the only training loop.
@@ -15,8 +22,7 @@ Per-replica arrays carry a leading replica axis [M, ...]; batches have leading
 axes [M, H, B, ...].
 """
 
-import functools
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import flax
 import jax
@@ -26,12 +32,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fedjax_lab import fragments as fragments_lib
 from fedjax_lab import outer as outer_lib
+from fedjax_lab import replicas as rep
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs
 from fedjax_lab.typing import Batch, LossFn, Params, PRNGKey
 
 DEFAULT_AXIS = "replicas"
+REPLICA_MODES = ("auto", "vmap", "sequential")
 
 
 @flax.struct.dataclass
@@ -40,12 +49,15 @@ class TrainState:
 
   Attributes:
     params: the model to evaluate: the global model (the center for EASGD, the
-      population mean for PAPA; the shared model for ddp).
-    outer_state: the outer optimizer's state (replicated).
-    replica_params: per-replica params [M, ...] (None for ddp).
+      population mean for PAPA; the shared model for the data-parallel family).
+    outer_state: the outer optimizer's state (replicated; a tuple with one
+      entry per fragment under a streaming schedule).
+    replica_params: per-replica params [M, ...] (None for data-parallel).
     inner_state: per-replica inner optimizer states [M, ...] (the one shared
-      state for ddp).
-    comm_state: per-replica compressor state [M, ...] (error feedback).
+      state for data-parallel).
+    comm_state: per-replica compressor state [M, ...] (error feedback; a
+      tuple per fragment under a streaming schedule).
+    client_state: per-replica algorithm state [M, ...] (SCAFFOLD's c_i), or ().
     round: int32 scalar, rounds completed.
     rng: uint32[2] raw PRNG key; per-round/replica/step keys are folded in.
   """
@@ -54,6 +66,7 @@ class TrainState:
   replica_params: Any
   inner_state: Any
   comm_state: Any
+  client_state: Any
   round: jax.Array
   rng: jax.Array
 
@@ -71,6 +84,12 @@ def replica_mesh(num_devices: Optional[int] = None, *,
                            axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def default_replica_mode() -> str:
+  """'sequential' on CPU, where many small vmapped matmuls run slowly
+  (bench/round_throughput.py), 'vmap' on accelerators."""
+  return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
 def _split_loss(out) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   if isinstance(out, tuple):
     loss, aux = out
@@ -78,69 +97,10 @@ def _split_loss(out) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   return out, {}
 
 
-def _select(pred: jax.Array, on_true, on_false):
-  """where(pred[i], a[i], b[i]) over trees with a leading replica axis."""
-
-  def sel(a, b):
-    return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - pred.ndim)),
-                     a, b)
-
-  return jax.tree.map(sel, on_true, on_false)
-
-
-def _all_finite(tree) -> jax.Array:
-  """Per-replica: every element of every leaf finite. Leaves are [m, ...]."""
-  flags = [jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
-           for x in jax.tree.leaves(tree)]
-  return functools.reduce(jnp.logical_and, flags)
-
-
-def _fresh_inner_state(inner_opt, old_state, params):
-  """inner_opt.init(params), but keeping learning-rate schedule counters.
-
-  Resetting clears the optimizer's statistics (moments, bias-correction
-  counts) as a stateless client would; the step counters of
-  `optax.scale_by_schedule` are kept so schedules follow the global step
-  instead of restarting every round.
-  """
-  fresh = inner_opt.init(params)
-  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
-  return jax.tree.map(lambda f, o: o if is_sched(f) else f, fresh, old_state,
-                      is_leaf=is_sched)
-
-
-def _local_ops(num_replicas: int) -> ReplicaOps:
-  def weighted_sum(tree, w):
-    # Elementwise multiply-and-sum rather than a dot: a dot would run at
-    # reduced precision on TPU by default.
-    return jax.tree.map(
-        lambda x: jnp.sum(w.reshape((-1,) + (1,) * (x.ndim - 1)).astype(
-            jnp.float32) * x.astype(jnp.float32), axis=0).astype(x.dtype), tree)
-
-  return ReplicaOps(num_replicas=num_replicas,
-                    index=jnp.arange(num_replicas, dtype=jnp.int32),
-                    weighted_sum=weighted_sum, sum=jnp.sum,
-                    gather=lambda tree: tree)
-
-
-def _sharded_ops(num_replicas: int, local: int, axis: str) -> ReplicaOps:
-  local_ops = _local_ops(local)
-
-  def weighted_sum(tree, w):
-    return jax.lax.psum(local_ops.weighted_sum(tree, w), axis)
-
-  index = (jax.lax.axis_index(axis) * local +
-           jnp.arange(local, dtype=jnp.int32)).astype(jnp.int32)
-  return ReplicaOps(
-      num_replicas=num_replicas, index=index, weighted_sum=weighted_sum,
-      sum=lambda x: jax.lax.psum(jnp.sum(x), axis),
-      # A psum of each device's block placed in a zero array: unlike
-      # all_gather, its result is known to be replicated (metrics need that).
-      gather=lambda tree: jax.tree.map(
-          lambda x: jax.lax.psum(
-              jnp.zeros((num_replicas,) + x.shape[1:], x.dtype)
-              .at[index].set(x), axis), tree),
-      varying=lambda tree: jax.lax.pcast(tree, axis, to="varying"))
+def _check_int(field: str, value) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+  return int(value)
 
 
 class Engine:
@@ -160,7 +120,8 @@ class Engine:
                inner_steps: int, mesh: Optional[jax.sharding.Mesh] = None,
                axis_name: Optional[str] = None,
                compressor: Optional[compress_lib.Compressor] = None,
-               donate: bool = True):
+               donate: bool = True, replica_mode: str = "auto",
+               fragments: Optional[fragments_lib.FragmentSchedule] = None):
     """Builds the engine.
 
     Args:
@@ -171,14 +132,20 @@ class Engine:
       num_replicas: M ≥ 1.
       inner_steps: H ≥ 1, inner steps per round.
       mesh: shard replicas over `axis_name` of this mesh (M must be a multiple
-        of that axis' size); None vmaps them all on the default device.
+        of that axis' size); None runs them all on the default device.
       axis_name: the mesh axis (default: the mesh's first axis).
       compressor: how Δ_i is compressed before the average (default: none).
       donate: donate the state buffers to the round (the state passed in is
-        consumed).
+        consumed; arrays from `eval_params` are copies and survive).
+      replica_mode: how a device runs its replicas: 'vmap' (all at once: one
+        replica's activations × m in memory), 'sequential' (one after
+        another: one replica's activations at a time) or 'auto'
+        (`default_replica_mode`). Both give the same numbers.
+      fragments: a Streaming DiLoCo schedule (default: one fragment synced at
+        the round's end).
 
     Raises:
-      ValueError: naming the field, for a bad M, H, mesh or optimizer.
+      ValueError: naming the field, for a bad M, H, mesh, mode or optimizer.
     """
     if isinstance(outer, str):
       outer = outer_lib.get(outer)
@@ -188,16 +155,27 @@ class Engine:
     if not isinstance(inner_opt, optax.GradientTransformation):
       raise ValueError("inner_opt must be an optax.GradientTransformation, "
                        f"got {type(inner_opt).__name__}")
-    for field, value in (("num_replicas", num_replicas),
-                         ("inner_steps", inner_steps)):
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+    if replica_mode not in REPLICA_MODES:
+      raise ValueError(f"replica_mode must be one of {', '.join(REPLICA_MODES)}, "
+                       f"got {replica_mode!r}")
     self.loss_fn = loss_fn
     self.inner_opt = inner_opt
     self.outer = outer
-    self.num_replicas = int(num_replicas)
-    self.inner_steps = int(inner_steps)
+    self.num_replicas = _check_int("num_replicas", num_replicas)
+    self.inner_steps = _check_int("inner_steps", inner_steps)
     self.compressor = compressor or compress_lib.none()
+    self.replica_mode = (default_replica_mode() if replica_mode == "auto"
+                         else replica_mode)
+    self.schedule = (fragments or fragments_lib.FragmentSchedule()).validate(
+        self.inner_steps)
+    if not self.schedule.is_plain and (
+        outer.data_parallel or not outer.restarts_replicas or
+        outer.client_init is not None or outer.correct_grad is not None):
+      raise ValueError(
+          f"outer: a streaming schedule merges replicas toward the global "
+          f"model fragment by fragment; {outer.name!r} is not supported (it "
+          f"needs a rule whose replicas restart from the global model and "
+          f"keep no per-replica state, e.g. 'diloco')")
     self.mesh = mesh
     if mesh is not None:
       self.axis_name = axis_name or mesh.axis_names[0]
@@ -214,39 +192,71 @@ class Engine:
       self.axis_name = axis_name or DEFAULT_AXIS
       self.num_shards = 1
     self.local_replicas = self.num_replicas // self.num_shards
-    self._round_jit = jax.jit(self._round_fn,
-                              donate_argnums=(0,) if donate else ())
+    self._donate = donate
+    self._round_jit = None  # Built at the first round (needs the shardings).
     self._init_jit = None
     self._round_comm_bytes = None  # Static per engine: shapes never change.
 
   # --------------------------------------------------------------------------
+  # Which tensors the algorithm steps with (the data-parallel family may
+  # bring its own compressor and update rule).
+
+  @property
+  def _dp_compressor(self) -> compress_lib.Compressor:
+    return self.outer.step_compressor or self.compressor
+
+  @property
+  def _dp_tx(self) -> optax.GradientTransformation:
+    return self.outer.step_tx or self.inner_opt
+
+  # --------------------------------------------------------------------------
   # State.
+
+  def _fragments(self, params) -> List[Optional[List[int]]]:
+    """Leaf indices per fragment; [None] (the whole tree) when plain."""
+    return [None] if self.schedule.is_plain else self.schedule.assign(params)
+
+  def fragments(self, params) -> List[List[int]]:
+    """Leaf indices of each fragment (one fragment: every leaf)."""
+    n = len(jax.tree.leaves(params))
+    return [list(range(n)) if f is None else f for f in self._fragments(params)]
+
+  def _per_fragment(self, build, params):
+    """build(fragment tree) for each fragment; a tuple only when streaming."""
+    out = tuple(build(fragments_lib.take(params, f))
+                for f in self._fragments(params))
+    return out[0] if self.schedule.is_plain else out
 
   def _init_fn(self, params, rng):
     m = self.num_replicas
     params = jax.tree.map(jnp.asarray, params)
     stack = lambda tree: jax.tree.map(
         lambda x: jnp.broadcast_to(x, (m,) + x.shape), tree)
+    zero = jnp.zeros([], jnp.int32)
     if self.outer.data_parallel:
-      # Per-replica compressor state: ddp may compress its gradients too.
+      comp = self._dp_compressor
       return TrainState(params=params, outer_state=(), replica_params=None,
-                        inner_state=self.inner_opt.init(params),
-                        comm_state=jax.vmap(self.compressor.init)(stack(params)),
-                        round=jnp.zeros([], jnp.int32), rng=rng)
+                        inner_state=self._dp_tx.init(params),
+                        comm_state=jax.vmap(comp.init)(stack(params)),
+                        client_state=(), round=zero, rng=rng)
     replica_params = stack(params)
+    client = (() if self.outer.client_init is None else
+              jax.vmap(self.outer.client_init)(replica_params))
     return TrainState(
-        params=params, outer_state=self.outer.init(params),
+        params=params,
+        outer_state=self._per_fragment(self.outer.init, params),
         replica_params=replica_params,
         inner_state=jax.vmap(self.inner_opt.init)(replica_params),
-        comm_state=jax.vmap(self.compressor.init)(replica_params),
-        round=jnp.zeros([], jnp.int32), rng=rng)
+        comm_state=self._per_fragment(jax.vmap(self.compressor.init),
+                                      replica_params),
+        client_state=client, round=zero, rng=rng)
 
   def _state_specs(self) -> TrainState:
-    rep = P(self.axis_name)
+    r = P(self.axis_name)
     dp = self.outer.data_parallel
-    return TrainState(params=P(), outer_state=P(), replica_params=rep,
-                      inner_state=P() if dp else rep, comm_state=rep,
-                      round=P(), rng=P())
+    return TrainState(params=P(), outer_state=P(), replica_params=r,
+                      inner_state=P() if dp else r, comm_state=r,
+                      client_state=r, round=P(), rng=P())
 
   def state_shardings(self, abstract_state: TrainState):
     """NamedShardings for every leaf of a state (None without a mesh)."""
@@ -279,8 +289,11 @@ class Engine:
 
   @staticmethod
   def eval_params(state: TrainState) -> Params:
-    """The model to evaluate (global model, EASGD center, PAPA mean)."""
-    return state.params
+    """The model to evaluate (global model, EASGD center, PAPA mean).
+
+    A copy: the next (donating) round consumes `state`, never these arrays.
+    """
+    return jax.tree.map(jnp.copy, state.params)
 
   # --------------------------------------------------------------------------
   # Communication accounting (static: from shapes only).
@@ -288,21 +301,29 @@ class Engine:
   def comm_bytes(self, params: Params) -> Dict[str, float]:
     """Bytes one replica sends per round: payload and ring all-reduce traffic.
 
-    Payload = Σ numel × bits / 8 as the compressor encodes it (per sync; ddp
-    sends its gradients, fp32 unless compressed, every one of its H steps).
-    A ring all-reduce moves 2·(M − 1)/M of the payload per replica.
+    Payload = Σ numel × bits / 8 as the compressor encodes it, times the
+    algorithm's `comm_multiplier` (SCAFFOLD sends Δy and Δc); the
+    data-parallel family sends every one of its H steps. A ring all-reduce
+    moves 2·(M − 1)/M of the payload per replica. `peak_payload_bytes` is the
+    largest single sync (one fragment's under a streaming schedule).
     """
-    payload = self.compressor.payload_bytes(params)
     if self.outer.data_parallel:
-      payload *= self.inner_steps
+      per_sync = [self._dp_compressor.payload_bytes(params)] * self.inner_steps
+    else:
+      per_sync = [self.compressor.payload_bytes(fragments_lib.take(params, f))
+                  * self.outer.comm_multiplier
+                  for f in self._fragments(params)]
+    payload = float(sum(per_sync))
     m = self.num_replicas
-    return {"payload_bytes": float(payload),
-            "ring_bytes": float(payload * 2 * (m - 1) / m)}
+    return {"payload_bytes": payload,
+            "ring_bytes": payload * 2 * (m - 1) / m,
+            "peak_payload_bytes": float(max(per_sync))}
 
   # --------------------------------------------------------------------------
-  # The round.
+  # Local steps.
 
-  def _loss_and_grad(self, params, batch, rng, anchor):
+  def _loss_and_grad(self, params, batch, rng, anchor, client=(),
+                     outer_state=()):
     def total(p):
       loss, aux = _split_loss(self.loss_fn(p, batch, rng))
       full = loss
@@ -311,39 +332,78 @@ class Engine:
       return full, (loss, aux)
 
     (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
+    if self.outer.correct_grad is not None:
+      grads = self.outer.correct_grad(grads, client, outer_state)
     return loss, aux, grads
 
-  def _run_replica(self, params, opt_state, batch, num_steps, key, anchor,
-                   start=0):
+  def _run_replica(self, params, opt_state, batch, num_steps, key, client, *,
+                   anchor, outer_state, start: int, stragglers: bool):
     """Inner steps of one replica over `batch`'s leading (step) axis.
 
-    Steps are numbered from `start` (for the per-step keys); steps numbered
-    ≥ num_steps are skipped (stragglers). Returns the new params and state,
-    the sums of the loss and aux metrics over the steps taken, their count,
-    and whether every loss taken was finite.
+    Steps are numbered from `start` (for the per-step keys); with
+    `stragglers`, steps numbered ≥ num_steps are skipped (a branch when
+    replicas run in sequence, a select under vmap). Returns the new params
+    and state, the sums of the loss and aux metrics over the steps taken,
+    their count, and whether every loss taken was finite.
     """
+
+    def take_step(p, o, b, t):
+      loss, aux, grads = self._loss_and_grad(
+          p, b, jax.random.fold_in(key, t), anchor, client, outer_state)
+      updates, o = self.inner_opt.update(grads, o, p)
+      return optax.apply_updates(p, updates), o, loss, aux
 
     def step(carry, xs):
       p, o = carry
       b, t = xs
-      loss, aux, grads = self._loss_and_grad(p, b, jax.random.fold_in(key, t),
-                                             anchor)
-      updates, o_new = self.inner_opt.update(grads, o, p)
-      p_new = optax.apply_updates(p, updates)
+      if not stragglers:
+        p, o, loss, aux = take_step(p, o, b, t)
+        return (p, o), (loss, aux)
       active = t < num_steps
-      keep = lambda new, old: jax.tree.map(
-          lambda a, b_: jnp.where(active, a, b_), new, old)
-      return (keep(p_new, p), keep(o_new, o)), (loss, aux, active)
+      if self.replica_mode == "sequential":
+        shapes = jax.eval_shape(take_step, p, o, b, t)
+        skip = lambda p, o, b, t: (p, o) + tuple(jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:]))
+        p, o, loss, aux = jax.lax.cond(active, take_step, skip, p, o, b, t)
+      else:
+        p_new, o_new, loss, aux = take_step(p, o, b, t)
+        keep = lambda new, old: jax.tree.map(
+            lambda a, b_: jnp.where(active, a, b_), new, old)
+        p, o = keep(p_new, p), keep(o_new, o)
+      return (p, o), (loss, aux)
 
     n = jax.tree.leaves(batch)[0].shape[0]
     steps = start + jnp.arange(n, dtype=jnp.int32)
-    (params, opt_state), (losses, aux, active) = jax.lax.scan(
+    (params, opt_state), (losses, aux) = jax.lax.scan(
         step, (params, opt_state), (batch, steps))
-    total = lambda x: jnp.sum(jnp.where(active, x, 0.0))
+    if stragglers:
+      active = steps < num_steps
+      total = lambda x: jnp.sum(jnp.where(active, x, 0.0))
+      count = jnp.sum(active).astype(jnp.int32)
+    else:
+      total = jnp.sum
+      count = jnp.full([], n, jnp.int32)
     # A non-finite loss on any step taken marks the replica as diverged.
-    finite = jnp.all(jnp.isfinite(jnp.where(active, losses, 0.0)))
+    finite = jnp.isfinite(total(losses))
     return (params, opt_state, total(losses), jax.tree.map(total, aux),
-            jnp.sum(active), finite)
+            count, finite)
+
+  def _local_phase(self, replica_params, inner_state, batch, num_steps,
+                   replica_keys, client, *, anchor, outer_state, start=0,
+                   stragglers=True):
+    """`_run_replica` over the local block of replicas (vmap or in turn)."""
+
+    def one(xs):
+      return self._run_replica(*xs, anchor=anchor, outer_state=outer_state,
+                               start=start, stragglers=stragglers)
+
+    xs = (replica_params, inner_state, batch, num_steps, replica_keys, client)
+    if self.replica_mode == "vmap":
+      return jax.vmap(one)(xs)
+    return jax.lax.map(one, xs)
+
+  # --------------------------------------------------------------------------
+  # The sync.
 
   def _weights(self, ok, num_examples, ops):
     """w_i = n_i / Σ_j n_j over the replicas that count; and Σ_j n_j > 0."""
@@ -351,15 +411,8 @@ class Engine:
     total = ops.sum(raw)
     return raw / jnp.maximum(total, 1e-30), total > 0
 
-  def _local_phase(self, replica_params, inner_state, batch, num_steps,
-                   replica_keys, anchor, start=0):
-    """`_run_replica` vmapped over the local block of replicas."""
-    return jax.vmap(self._run_replica, in_axes=(0, 0, 0, 0, 0, None, None))(
-        replica_params, inner_state, batch, num_steps, replica_keys, anchor,
-        start)
-
-  def _sync(self, outer, g, outer_state, new_p, comm_state, ok, num_examples,
-            comm_keys, sync_key, ops):
+  def _sync(self, g, outer_state, new_p, comm_state, client, ok, num_examples,
+            num_steps, comm_keys, sync_key, ops):
     """Δ_i, compression, the weighted average and `outer.sync`.
 
     Works on any tree shaped like the params (the whole model or one
@@ -367,29 +420,44 @@ class Engine:
     for nothing and restart from the new global model.
 
     Returns:
-      (new global, new replica params, outer state, compressor state, Δ,
-      whether anyone took part).
+      (new global, new replica params, outer state, compressor state, client
+      state, Δ).
     """
     deltas = jax.tree.map(lambda g_, p: g_[None] - p, g, new_p)
     weights, anyone = self._weights(ok, num_examples, ops)
     # Zero (not multiply) what must not count: 0 × NaN is NaN.
-    deltas = _select(ok, deltas, jax.tree.map(jnp.zeros_like, deltas))
+    deltas = rep.select(ok, deltas, jax.tree.map(jnp.zeros_like, deltas))
     sent, new_comm = jax.vmap(self.compressor.compress)(deltas, comm_state,
                                                         comm_keys)
-    comm_state = _select(ok, new_comm, comm_state)
+    comm_state = rep.select(ok, new_comm, comm_state)
     delta = ops.weighted_sum(sent, weights)
     inputs = SyncInputs(global_params=g, replica_params=new_p, deltas=sent,
-                        delta=delta, weights=weights, key=sync_key)
-    new_g, new_replicas, new_outer = outer.sync(inputs, outer_state, ops)
+                        delta=delta, weights=weights, key=sync_key,
+                        client_state=client, num_steps=num_steps)
+    result = self.outer.sync(inputs, outer_state, ops)
+    new_g, new_replicas, new_outer = result[:3]
+    if len(result) > 3:
+      client = rep.select(ok, result[3], client)
     keep_if_nobody = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(anyone, a, b), new, old)
     new_g = keep_if_nobody(new_g, g)
     outer_state = keep_if_nobody(new_outer, outer_state)
-    restart = jax.tree.map(
-        lambda x, like: jnp.broadcast_to(x, like.shape).astype(like.dtype),
-        new_g, new_replicas)
-    return (new_g, _select(ok, new_replicas, restart), outer_state, comm_state,
-            delta, anyone)
+    restart = rep.broadcast_to(new_g, new_replicas)
+    return (new_g, rep.select(ok, new_replicas, restart), outer_state,
+            comm_state, client, delta)
+
+  def _merge(self, local, global_):
+    """Streaming merge θ_i ← α·θ_i + (1 − α)·θ; a diverged replica takes θ."""
+    a = self.schedule.merge_alpha
+    def merge(p, g):
+      out = a * p + (1 - a) * g[None] if a else jnp.broadcast_to(g, p.shape)
+      return out.astype(p.dtype)
+    merged = jax.tree.map(merge, local, global_)
+    return rep.select(rep.all_finite(local), merged,
+                      rep.broadcast_to(global_, local))
+
+  # --------------------------------------------------------------------------
+  # The round.
 
   def _round_keys(self, state, ops):
     round_key = jax.random.fold_in(state.rng, state.round)
@@ -399,17 +467,20 @@ class Engine:
         replica_keys)
     return sync_key, replica_keys, comm_keys
 
-  def _round_metrics(self, ok, mask, finite, loss_sum, aux_sum, count, delta,
-                     ops):
+  def _round_metrics(self, ok, mask, finite, loss_sum, aux_sum, count,
+                     delta_sq, ops):
     n_ok = ops.sum(ok.astype(jnp.float32))
     denom = jnp.maximum(count, 1)
     loss_i = loss_sum / denom
-    mean_ok = lambda v: ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1)
+    # Mean over the replicas that counted; NaN (not a perfect 0) when none did.
+    mean_ok = lambda v: jnp.where(
+        n_ok > 0, ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1),
+        jnp.nan)
     metrics = {
         "loss": mean_ok(loss_i),
         # Gathered: M scalars, so every process can read every replica's loss.
         "replica_loss": ops.gather(loss_i),
-        "outer_grad_norm": optax.tree.norm(delta),
+        "outer_grad_norm": jnp.sqrt(delta_sq),
         "participants": n_ok,
         "nonfinite_replicas": ops.sum((mask & ~finite).astype(jnp.float32)),
     }
@@ -418,56 +489,101 @@ class Engine:
     return metrics
 
   def _round_local(self, state: TrainState, batch, mask, num_examples,
-                   num_steps, ops: ReplicaOps):
+                   num_steps, ops: ReplicaOps, stragglers: bool):
     sync_key, replica_keys, comm_keys = self._round_keys(state, ops)
     if self.outer.data_parallel:
-      return self._ddp_round_local(state, batch, mask, num_examples,
-                                   replica_keys, comm_keys, ops)
-    g = state.params
-    new_p, new_o, loss_sum, aux_sum, count, finite_loss = self._local_phase(
-        state.replica_params, state.inner_state, batch, num_steps,
-        replica_keys, g)
-    finite = finite_loss & _all_finite(new_p)
-    ok = mask & finite & (num_steps > 0)
-    new_g, replica_params, outer_state, comm_state, delta, _ = self._sync(
-        self.outer, g, state.outer_state, new_p, state.comm_state, ok,
-        num_examples, comm_keys, sync_key, ops)
-    # A replica that sat out (or diverged) also discards its optimizer steps.
-    inner_state = _select(ok, new_o, state.inner_state)
+      return self._dp_round_local(state, batch, mask, num_examples,
+                                  replica_keys, comm_keys, ops)
+    plain = self.schedule.is_plain
+    frags = self._fragments(state.params)
+    as_list = lambda x: [x] if plain else list(x)
+    as_state = lambda xs: xs[0] if plain else tuple(xs)
+    g, reps, inner = state.params, state.replica_params, state.inner_state
+    client = state.client_state
+    outer_states = as_list(state.outer_state)
+    comm_states = as_list(state.comm_state)
+    loss_sum = count = 0
+    aux_sum: Dict[str, Any] = {}
+    finite = jnp.ones_like(mask)
+    ok_all = mask & (num_steps > 0)
+    delta_sq = jnp.zeros([], jnp.float32)
+    for t0, t1, events in self.schedule.segments(self.inner_steps):
+      chunk = jax.tree.map(lambda x, t0=t0, t1=t1: x[:, t0:t1], batch)
+      reps, inner, l_sum, a_sum, c, fin = self._local_phase(
+          reps, inner, chunk, num_steps, replica_keys, client, anchor=g,
+          outer_state=state.outer_state, start=t0, stragglers=stragglers)
+      loss_sum, count = loss_sum + l_sum, count + c
+      aux_sum = {k: aux_sum.get(k, 0.0) + v for k, v in a_sum.items()}
+      finite = finite & fin
+      for kind, p in events:
+        idx = frags[p]
+        g_p, reps_p = fragments_lib.take(g, idx), fragments_lib.take(reps, idx)
+        if kind == "sync":
+          finite = finite & rep.all_finite(reps_p)
+          ok_all = ok = ok_all & finite
+          (new_g_p, new_reps_p, outer_states[p], comm_states[p], client,
+           delta) = self._sync(
+               g_p, outer_states[p], reps_p, comm_states[p], client, ok,
+               num_examples, num_steps,
+               comm_keys if plain else jax.vmap(
+                   lambda k, p=p: jax.random.fold_in(k, p))(comm_keys),
+               sync_key if plain else jax.random.fold_in(sync_key, p), ops)
+          delta_sq = delta_sq + sum(jnp.sum(jnp.square(d.astype(jnp.float32)))
+                                    for d in jax.tree.leaves(delta))
+          g = fragments_lib.put(g, idx, new_g_p)
+          if self.schedule.overlap_steps == 0:
+            if self.schedule.merge_alpha:
+              new_reps_p = rep.select(ok, self._merge(reps_p, new_g_p),
+                                      new_reps_p)
+            reps = fragments_lib.put(reps, idx, new_reps_p)
+        else:  # A merge τ steps after this fragment's sync.
+          merged = self._merge(reps_p, g_p)
+          if kind == "merge_next":  # Its sync was last round: none in round 0.
+            merged = jax.tree.map(lambda a, b: jnp.where(state.round > 0, a, b),
+                                  merged, reps_p)
+          reps = fragments_lib.put(reps, idx, merged)
+    # Replicas that did not count (sat out, diverged) restart from the global
+    # model and discard their optimizer steps; under the plain schedule the
+    # sync has already restarted them, so this changes nothing there.
+    ok = ok_all & rep.all_finite(reps)
+    reps = rep.select(ok, reps, rep.broadcast_to(g, reps))
+    inner = rep.select(ok, inner, state.inner_state)
     if self.outer.reset_inner_state:
-      inner_state = jax.vmap(functools.partial(_fresh_inner_state,
-                                               self.inner_opt))(
-                                                   inner_state, replica_params)
+      inner = jax.vmap(lambda o, p: rep.fresh_inner_state(self.inner_opt, o, p))(
+          inner, reps)
     metrics = self._round_metrics(ok, mask, finite, loss_sum, aux_sum, count,
-                                  delta, ops)
-    new_state = state.replace(params=new_g, outer_state=outer_state,
-                              replica_params=replica_params,
-                              inner_state=inner_state, comm_state=comm_state,
-                              round=state.round + 1)
+                                  delta_sq, ops)
+    new_state = state.replace(params=g, outer_state=as_state(outer_states),
+                              replica_params=reps, inner_state=inner,
+                              comm_state=as_state(comm_states),
+                              client_state=client, round=state.round + 1)
     return new_state, metrics
 
-  def _ddp_round_local(self, state, batch, mask, num_examples, replica_keys,
-                       comm_keys, ops):
-    """Data-parallel: every step, (compressed) gradients are averaged."""
+  def _dp_round_local(self, state, batch, mask, num_examples, replica_keys,
+                      comm_keys, ops):
+    """Data-parallel family: every step, (compressed) gradients are averaged."""
     batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
     grad_fn = jax.vmap(self._loss_and_grad, in_axes=(None, 0, 0, None))
+    comp, tx = self._dp_compressor, self._dp_tx
+    aggregate = getattr(comp, "aggregate", None)  # Default: weighted mean.
 
     def step(carry, xs):
       p, o, cs = carry
       b, t = xs
       keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(replica_keys)
-      # Per-replica gradients, each summed exactly once (by weighted_sum).
+      # Per-replica gradients, each summed exactly once (by the aggregate).
       p_local = ops.varying(p)
       loss_i, aux_i, grads_i = grad_fn(p_local, b, keys, p_local)
-      finite = jnp.isfinite(loss_i) & _all_finite(grads_i)
+      finite = jnp.isfinite(loss_i) & jax.vmap(rep.tree_finite)(grads_i)
       ok = mask & finite
       weights, anyone = self._weights(ok, num_examples, ops)
-      grads_i = _select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
+      grads_i = rep.select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
       step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(comm_keys)
-      sent, cs_new = jax.vmap(self.compressor.compress)(grads_i, cs, step_keys)
-      cs = _select(ok, cs_new, cs)
-      grad = ops.weighted_sum(sent, weights)
-      updates, o_new = self.inner_opt.update(grad, o, p)
+      sent, cs_new = jax.vmap(comp.compress)(grads_i, cs, step_keys)
+      cs = rep.select(ok, cs_new, cs)
+      grad = (ops.weighted_sum(sent, weights) if aggregate is None else
+              aggregate(sent, weights, ops))
+      updates, o_new = tx.update(grad, o, p)
       p_new = optax.apply_updates(p, updates)
       keep = lambda new, old: jax.tree.map(
           lambda a, b_: jnp.where(anyone, a, b_), new, old)
@@ -481,38 +597,55 @@ class Engine:
     okf = oks.astype(jnp.float32)  # [H, m]
     per_replica = lambda x: jnp.sum(jnp.where(oks, x, 0.0), 0) / jnp.maximum(
         jnp.sum(okf, 0), 1)
-    loss_i = per_replica(losses)
     n_ok = ops.sum(jnp.sum(okf, 0))
+    mean_ok = lambda x: jnp.where(
+        n_ok > 0, ops.sum(jnp.sum(jnp.where(oks, x, 0.0), 0)) /
+        jnp.maximum(n_ok, 1), jnp.nan)
     metrics = {
-        "loss": ops.sum(jnp.sum(jnp.where(oks, losses, 0.0), 0)) / jnp.maximum(n_ok, 1),
-        "replica_loss": ops.gather(loss_i),
+        "loss": mean_ok(losses),
+        "replica_loss": ops.gather(per_replica(losses)),
         "outer_grad_norm": jnp.mean(gnorms),  # Mean gradient norm over steps.
         "participants": ops.sum(jnp.all(oks, 0).astype(jnp.float32)),
         "nonfinite_replicas": ops.sum(
             (mask & ~jnp.all(oks | ~mask[None], 0)).astype(jnp.float32)),
     }
     for k, v in aux.items():
-      metrics[f"inner/{k}"] = ops.sum(jnp.sum(jnp.where(oks, v, 0.0), 0)) / jnp.maximum(n_ok, 1)
+      metrics[f"inner/{k}"] = mean_ok(v)
     return state.replace(params=params, inner_state=opt_state,
                          comm_state=comm_state, round=state.round + 1), metrics
 
-  def _round_fn(self, state, batch, mask, num_examples, num_steps):
+  def _round_fn(self, state, batch, mask, num_examples, num_steps, *,
+                stragglers: bool):
+    run = lambda state, batch, mask, num_examples, num_steps, ops: (
+        self._round_local(state, batch, mask, num_examples, num_steps, ops,
+                          stragglers))
     if self.mesh is None:
-      return self._round_local(state, batch, mask, num_examples, num_steps,
-                               _local_ops(self.num_replicas))
+      return run(state, batch, mask, num_examples, num_steps,
+                 rep.local_ops(self.num_replicas))
     axis = self.axis_name
-    rep = P(axis)
+    r = P(axis)
 
     def body(state, batch, mask, num_examples, num_steps):
-      ops = _sharded_ops(self.num_replicas, self.local_replicas, axis)
-      return self._round_local(state, batch, mask, num_examples, num_steps, ops)
+      ops = rep.sharded_ops(self.num_replicas, self.local_replicas, axis)
+      return run(state, batch, mask, num_examples, num_steps, ops)
 
     # Every metric is replicated (per-replica ones are gathered).
     sharded = jax.shard_map(
         body, mesh=self.mesh,
-        in_specs=(self._state_specs(), rep, rep, rep, rep),
+        in_specs=(self._state_specs(), r, r, r, r),
         out_specs=(self._state_specs(), P()))
     return sharded(state, batch, mask, num_examples, num_steps)
+
+  def _build_round(self, state):
+    """The jitted round; with a mesh, its state keeps one sharding throughout
+    (an output sharding that differs from the input's would recompile the
+    second round)."""
+    kwargs = {}
+    if self.mesh is not None:
+      shardings = self.state_shardings(state)
+      kwargs = dict(out_shardings=(shardings, NamedSharding(self.mesh, P())))
+    return jax.jit(self._round_fn, static_argnames=("stragglers",),
+                   donate_argnums=(0,) if self._donate else (), **kwargs)
 
   # --------------------------------------------------------------------------
   # Host-side entry point.
@@ -544,13 +677,14 @@ class Engine:
       num_examples: [M] examples each replica processed (the weights n_i;
         default num_steps_i × B).
       num_steps: int [M] in [0, H], inner steps each replica actually takes
-        (stragglers; default H). Ignored by ddp.
+        (stragglers; default H). Ignored by the data-parallel family.
 
     Returns:
-      (new state, metrics): device scalars `loss`, `outer_grad_norm`,
-      `participants`, `nonfinite_replicas`, `inner/<aux>`, per-replica
-      `replica_loss` [M], and host numbers `payload_bytes` and `ring_bytes`
-      (per participating replica, this round).
+      (new state, metrics): device scalars `loss` (NaN when no replica
+      counted), `outer_grad_norm`, `participants`, `nonfinite_replicas`,
+      `inner/<aux>`, per-replica `replica_loss` [M], and host numbers
+      `payload_bytes`, `ring_bytes` and `peak_payload_bytes` (per
+      participating replica, this round).
     """
     m, h = self.num_replicas, self.inner_steps
     leaves = jax.tree.leaves(batch)
@@ -578,14 +712,41 @@ class Engine:
     num_examples = np.asarray(num_examples, np.float32)
     if num_examples.shape != (m,) or np.any(num_examples < 0):
       raise ValueError(f"num_examples must be >= 0 with shape [{m}]")
+    # Paying for skipped steps only in rounds that have stragglers: a second
+    # program, compiled once, the first time one shows up.
+    stragglers = bool(np.any(num_steps < h)) and not self.outer.data_parallel
+    if self._round_jit is None:
+      self._round_jit = self._build_round(state)
     put = self._put_replica_axis
     state, metrics = self._round_jit(state, jax.tree.map(put, batch), put(mask),
-                                     put(num_examples), put(num_steps))
+                                     put(num_examples), put(num_steps),
+                                     stragglers=stragglers)
     if self._round_comm_bytes is None:
       self._round_comm_bytes = self.comm_bytes(state.params)
     metrics = {**metrics, **self._round_comm_bytes}
     return state, metrics
 
   def compiled_rounds(self) -> int:
-    """How many distinct round programs have been compiled (1 after warm-up)."""
+    """How many distinct round programs have been compiled (1 after warm-up;
+    2 once a round with stragglers has run)."""
+    if self._round_jit is None:
+      return 0
     return self._round_jit._cache_size()  # pylint: disable=protected-access
+
+
+class StreamingEngine(Engine):
+  """An `Engine` with a Streaming DiLoCo schedule (fragments.py).
+
+  Example:
+    engine = StreamingEngine(loss_fn, inner_opt=optax.adamw(4e-4),
+                             outer=fedjax_lab.outer.get("diloco"),
+                             num_replicas=8, inner_steps=100,
+                             num_fragments=4, overlap_steps=5)
+  """
+
+  def __init__(self, loss_fn, *, num_fragments: int, overlap_steps: int = 0,
+               merge_alpha: float = 0.0, fragment_fn=None, **engine_kwargs):
+    """Args: as `fragments.FragmentSchedule`, plus everything `Engine` takes."""
+    super().__init__(loss_fn, fragments=fragments_lib.FragmentSchedule(
+        num_fragments, overlap_steps, merge_alpha, fragment_fn),
+                     **engine_kwargs)

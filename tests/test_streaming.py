@@ -8,7 +8,8 @@ import pytest
 
 import fedjax_lab
 from fedjax_lab import outer
-from fedjax_lab.comm import streaming
+from fedjax_lab import engine as streaming
+from fedjax_lab import fragments
 
 M, H, B, D = 4, 4, 3, 5
 
@@ -70,9 +71,9 @@ def test_fragments_partition_the_parameters(p):
 
 def test_strided_over_layers():
   leaves = jax.tree_util.tree_flatten_with_path(init_params())[0]
-  assignment = streaming.strided_fragments(init_params(), 2)
+  assignment = fragments.strided_fragments(init_params(), 2)
   for (path, _), frag in zip(leaves, assignment):
-    layer = streaming.layer_index(path)
+    layer = fragments.layer_index(path)
     if layer is not None:
       assert frag == layer % 2
 

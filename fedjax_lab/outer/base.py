@@ -1,7 +1,7 @@
 """The shape of an outer algorithm, shared by every entry of the registry.
 
-Sign convention (stated once, here and in ALGORITHMS.md): the outer gradient of
-replica i is
+Sign convention (stated once, here and in docs/algorithms.md): the outer
+gradient of replica i is
 
     Δ_i = θ − θ_i,
 
@@ -14,7 +14,9 @@ so outer SGD with lr 1 gives θ ← Σ_i w_i θ_i (FedAvg).
 An algorithm is optax-shaped: a NamedTuple of pure functions plus the few
 static facts the engine needs. The engine owns every loop and every reduction;
 an algorithm only says what happens at a sync (`sync`), what its replicas add to
-their local loss (`penalty`) and whether the inner optimizer state is reset.
+their local loss (`penalty`) or to every local gradient (`correct_grad`), what
+per-replica state it keeps (`client_init`) and whether the inner optimizer
+state is reset.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Tuple
@@ -57,10 +59,19 @@ class SyncInputs(NamedTuple):
   delta: Updates  # Δ = Σ_i w_i Δ_i (no replica axis).
   weights: jax.Array  # w_i [m]; Σ over all M is 1 (0 for replicas that sat out).
   key: PRNGKey  # Per-round key, identical on every device.
+  # Per-replica algorithm state [m, ...] (`client_init`), or () if none.
+  client_state: Any = ()
+  # int32 [m]: inner steps each replica actually took this round.
+  num_steps: Any = None
 
 
-SyncFn = Callable[[SyncInputs, OuterState, ReplicaOps],
-                  Tuple[Params, Params, OuterState]]
+# sync returns (new global, new replica params [m, ...], new outer state) or,
+# for algorithms with per-replica state, a fourth element: the new client
+# state [m, ...] (the engine keeps the old one for replicas that did not count).
+SyncFn = Callable[[SyncInputs, OuterState, ReplicaOps], Tuple[Any, ...]]
+# correct_grad(grads_i, client_state_i, outer_state) -> grads_i: applied to
+# every inner-step gradient of replica i (SCAFFOLD's control variates).
+CorrectGradFn = Callable[[Updates, Any, OuterState], Updates]
 # penalty(params_i, anchor) -> scalar added to replica i's local loss; anchor is
 # the global model at the round's start.
 PenaltyFn = Callable[[Params, Params], jax.Array]
@@ -78,9 +89,23 @@ class OuterAlgorithm(NamedTuple):
     reset_inner_state: whether each replica's inner optimizer state starts
       fresh every round (step counters of learning-rate schedules are kept so
       schedules follow the global inner step).
-    data_parallel: the `ddp` baseline: gradients averaged every step, one
-      shared model and inner optimizer, no outer step (`sync` is unused).
+    data_parallel: the data-parallel family (`ddp`, `demo`): something is
+      averaged every step, one shared model, no outer step (`sync` unused).
     name: the registry name, for logs.
+    restarts_replicas: every replica restarts from the new global model at a
+      sync (FedAvg, FedOpt, DiLoCo, ...; not EASGD or PAPA). Only such rules
+      can be streamed fragment by fragment (Streaming DiLoCo).
+    client_init: per-replica state from ONE replica's params (SCAFFOLD's
+      c_i); the engine keeps it stacked [M, ...] in `TrainState.client_state`.
+    correct_grad: applied to every inner gradient of a replica (see
+      `CorrectGradFn`).
+    step_compressor: data-parallel family only: replaces the engine's
+      compressor in the every-step path (its `aggregate`, if any, replaces
+      the weighted mean).
+    step_tx: data-parallel family only: replaces the engine's inner optimizer
+      for the shared model.
+    comm_multiplier: how many params-shaped tensors a replica sends per sync
+      (SCAFFOLD sends Δy and Δc: 2).
   """
   init: Callable[[Params], OuterState]
   sync: SyncFn
@@ -88,6 +113,12 @@ class OuterAlgorithm(NamedTuple):
   reset_inner_state: bool = True
   data_parallel: bool = False
   name: str = ""
+  restarts_replicas: bool = True
+  client_init: Optional[Callable[[Params], Any]] = None
+  correct_grad: Optional[CorrectGradFn] = None
+  step_compressor: Optional[Any] = None
+  step_tx: Optional[optax.GradientTransformation] = None
+  comm_multiplier: int = 1
 
 
 def broadcast_like(tree: Params, like: Params) -> Params:

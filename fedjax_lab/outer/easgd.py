@@ -49,4 +49,4 @@ def easgd(*, beta: float = 0.9, rho: float = 0.0,
       init=center_tx.init, sync=sync,
       penalty=elastic_penalty(rho) if rho > 0 else None,
       reset_inner_state=base.check_bool("reset_inner_state", reset_inner_state),
-      name="easgd")
+      name="easgd", restarts_replicas=False)

@@ -37,7 +37,7 @@ def papa(*, alpha: float = 0.99,
   return base.OuterAlgorithm(
       init=_no_state, sync=sync,
       reset_inner_state=base.check_bool("reset_inner_state", reset_inner_state),
-      name="papa")
+      name="papa", restarts_replicas=False)
 
 
 def papa_all(*, reset_inner_state: bool = False) -> base.OuterAlgorithm:
@@ -79,4 +79,4 @@ def papa_2(*, reset_inner_state: bool = False) -> base.OuterAlgorithm:
   return base.OuterAlgorithm(
       init=_no_state, sync=sync,
       reset_inner_state=base.check_bool("reset_inner_state", reset_inner_state),
-      name="papa_2")
+      name="papa_2", restarts_replicas=False)
