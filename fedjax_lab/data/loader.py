@@ -38,7 +38,154 @@ from fedjax_lab.data.sources import gather
 _STATE_VERSION = 1
 
 
-class RoundLoader:
+def shards_crc32(shards: Sequence[np.ndarray]) -> int:
+  """One CRC-32 over every shard's indices: a state is valid only with them."""
+  crc = 0
+  for shard in shards:
+    crc = zlib.crc32(shard.tobytes(), crc)
+  return crc
+
+
+class RoundPrefetcher:
+  """Base of the loaders: rounds 0, 1, ... made by `_make_round(r)`, produced
+  ahead in a thread, plus each shard's endless stream (`_stream`).
+
+  Subclasses set `_shards` and `_seed` (for `_permutation`), call
+  `_init_prefetch` last in `__init__`, and define `_make_round`.
+  """
+
+  def _init_prefetch(self, prefetch: int):
+    self._prefetch = int(prefetch)
+    self._perm_cache: Dict[int, Any] = {}
+    self._next_round = 0  # Rounds delivered by next().
+    self.data_seconds = 0.0
+    self.wait_seconds = 0.0
+    self._lock = threading.Lock()
+    self._thread = None
+    self._queue = None
+    self._stop = None
+    self._start()
+
+  def _make_round(self, round_index: int):
+    raise NotImplementedError
+
+  def _permutation(self, r: int, epoch: int) -> np.ndarray:
+    """Shard r's order for `epoch`; the latest one is cached per shard."""
+    cached = self._perm_cache.get(r)
+    if cached is not None and cached[0] == epoch:
+      return cached[1]
+    perm = np.random.default_rng([self._seed, r, epoch]).permutation(
+        len(self._shards[r]))
+    self._perm_cache[r] = (epoch, perm)
+    return perm
+
+  def _stream(self, r: int, start: int, length: int) -> np.ndarray:
+    """Positions [start, start + length) of shard r's endless stream."""
+    shard = self._shards[r]
+    n = len(shard)
+    positions = np.arange(start, start + length, dtype=np.int64)
+    epochs = positions // n
+    out = np.empty_like(positions)
+    # A round usually lies in one epoch; tiny shards wrap several times.
+    for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+      mask = epochs == epoch
+      out[mask] = shard[self._permutation(r, epoch)[positions[mask] - epoch * n]]
+    return out
+
+  @staticmethod
+  def _produce(loader_ref, first_round, stop, out):
+    """Producer thread: rounds first_round, first_round + 1, ... into `out`.
+
+    Holds the loader only by weak reference between rounds, so a loader that
+    was never closed is still garbage collected, and its thread then ends.
+    """
+    round_index = first_round
+    while not stop.is_set():
+      loader = loader_ref()
+      if loader is None:
+        return
+      start = time.perf_counter()
+      try:
+        batch = loader._make_round(round_index)  # pylint: disable=protected-access
+        item = (round_index, batch, None)
+      except Exception as e:  # pylint: disable=broad-except
+        # Re-raised by next(), on the caller's thread.
+        item = (round_index, None, e)
+      with loader._lock:  # pylint: disable=protected-access
+        loader.data_seconds += time.perf_counter() - start
+      del loader
+      while not stop.is_set():
+        try:
+          out.put(item, timeout=0.05)
+          break
+        except queue.Full:
+          if loader_ref() is None:
+            return
+      if item[2] is not None:
+        return
+      round_index += 1
+
+  def _start(self):
+    if self._prefetch <= 0:
+      return
+    self._stop = threading.Event()
+    self._queue = queue.Queue(maxsize=self._prefetch)
+    self._thread = threading.Thread(
+        target=RoundPrefetcher._produce,
+        args=(weakref.ref(self), self._next_round, self._stop, self._queue),
+        name=type(self).__name__, daemon=True)
+    self._thread.start()
+
+  def close(self):
+    """Stops the prefetch thread (idempotent); next() restarts it."""
+    if self._thread is not None:
+      self._stop.set()
+      # __del__ can run on the producer thread itself, which cannot join itself.
+      if self._thread is not threading.current_thread():
+        self._thread.join()
+      self._thread = self._queue = self._stop = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # Interpreter shutdown: the daemon thread dies with it.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self.next()
+
+  def next(self):
+    """The next round (see the subclass)."""
+    if self._prefetch <= 0:
+      start = time.perf_counter()
+      batch = self._make_round(self._next_round)
+      elapsed = time.perf_counter() - start
+      self.data_seconds += elapsed
+      self.wait_seconds += elapsed
+    else:
+      if self._thread is None:
+        self._start()
+      start = time.perf_counter()
+      round_index, batch, error = self._queue.get()
+      self.wait_seconds += time.perf_counter() - start
+      if error is not None:
+        self.close()
+        raise error
+      assert round_index == self._next_round, (round_index, self._next_round)
+    self._next_round += 1
+    return batch
+
+
+class RoundLoader(RoundPrefetcher):
   """Rounds of per-replica batches: dicts of numpy arrays [m, H, B, ...].
 
   Example:
@@ -90,20 +237,8 @@ class RoundLoader:
     self._batch_size = int(batch_size)
     self._inner_steps = int(inner_steps)
     self._seed = int(seed)
-    self._prefetch = int(prefetch)
-    crc = 0
-    for shard in self._shards:
-      crc = zlib.crc32(shard.tobytes(), crc)
-    self._shards_crc32 = crc
-    self._perm_cache: Dict[int, Any] = {}
-    self._next_round = 0  # Rounds delivered by next().
-    self.data_seconds = 0.0
-    self.wait_seconds = 0.0
-    self._lock = threading.Lock()
-    self._thread = None
-    self._queue = None
-    self._stop = None
-    self._start()
+    self._shards_crc32 = shards_crc32(self._shards)
+    self._init_prefetch(prefetch)
 
   @property
   def replica_ids(self):
@@ -114,28 +249,9 @@ class RoundLoader:
     """H · B, examples each replica reads per round."""
     return self._inner_steps * self._batch_size
 
-  def _permutation(self, r: int, epoch: int) -> np.ndarray:
-    """Replica r's order for `epoch`; the latest one is cached per replica."""
-    cached = self._perm_cache.get(r)
-    if cached is not None and cached[0] == epoch:
-      return cached[1]
-    perm = np.random.default_rng([self._seed, r, epoch]).permutation(
-        len(self._shards[r]))
-    self._perm_cache[r] = (epoch, perm)
-    return perm
-
   def _replica_indices(self, r: int, round_index: int) -> np.ndarray:
-    shard = self._shards[r]
-    n = len(shard)
-    start = round_index * self.examples_per_round
-    positions = np.arange(start, start + self.examples_per_round, dtype=np.int64)
-    epochs = positions // n
-    out = np.empty_like(positions)
-    # A round usually lies in one epoch; tiny shards wrap several times.
-    for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
-      mask = epochs == epoch
-      out[mask] = shard[self._permutation(r, epoch)[positions[mask] - epoch * n]]
-    return out
+    return self._stream(r, round_index * self.examples_per_round,
+                        self.examples_per_round)
 
   def _make_round(self, round_index: int) -> Dict[str, np.ndarray]:
     indices = np.stack([self._replica_indices(r, round_index)
@@ -144,97 +260,9 @@ class RoundLoader:
                               self._batch_size)
     return gather(self._source, indices)
 
-  @staticmethod
-  def _produce(loader_ref, first_round, stop, out):
-    """Producer thread: rounds first_round, first_round + 1, ... into `out`.
-
-    Holds the loader only by weak reference between rounds, so a loader that
-    was never closed is still garbage collected, and its thread then ends.
-    """
-    round_index = first_round
-    while not stop.is_set():
-      loader = loader_ref()
-      if loader is None:
-        return
-      start = time.perf_counter()
-      try:
-        batch = loader._make_round(round_index)  # pylint: disable=protected-access
-        item = (round_index, batch, None)
-      except Exception as e:  # pylint: disable=broad-except
-        # Re-raised by next(), on the caller's thread.
-        item = (round_index, None, e)
-      with loader._lock:  # pylint: disable=protected-access
-        loader.data_seconds += time.perf_counter() - start
-      del loader
-      while not stop.is_set():
-        try:
-          out.put(item, timeout=0.05)
-          break
-        except queue.Full:
-          if loader_ref() is None:
-            return
-      if item[2] is not None:
-        return
-      round_index += 1
-
-  def _start(self):
-    if self._prefetch <= 0:
-      return
-    self._stop = threading.Event()
-    self._queue = queue.Queue(maxsize=self._prefetch)
-    self._thread = threading.Thread(
-        target=RoundLoader._produce,
-        args=(weakref.ref(self), self._next_round, self._stop, self._queue),
-        name="RoundLoader", daemon=True)
-    self._thread.start()
-
-  def close(self):
-    """Stops the prefetch thread (idempotent); next() restarts it."""
-    if self._thread is not None:
-      self._stop.set()
-      # __del__ can run on the producer thread itself, which cannot join itself.
-      if self._thread is not threading.current_thread():
-        self._thread.join()
-      self._thread = self._queue = self._stop = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except
-      pass  # Interpreter shutdown: the daemon thread dies with it.
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> Dict[str, np.ndarray]:
-    return self.next()
-
   def next(self) -> Dict[str, np.ndarray]:
     """The next round: dict of numpy arrays [len(replica_ids), H, B, ...]."""
-    if self._prefetch <= 0:
-      start = time.perf_counter()
-      batch = self._make_round(self._next_round)
-      elapsed = time.perf_counter() - start
-      self.data_seconds += elapsed
-      self.wait_seconds += elapsed
-    else:
-      if self._thread is None:
-        self._start()
-      start = time.perf_counter()
-      round_index, batch, error = self._queue.get()
-      self.wait_seconds += time.perf_counter() - start
-      if error is not None:
-        self.close()
-        raise error
-      assert round_index == self._next_round, (round_index, self._next_round)
-    self._next_round += 1
-    return batch
+    return super().next()
 
   def get_state(self) -> Dict[str, Any]:
     """The position after the last delivered round (JSON-serialisable)."""
@@ -266,3 +294,4 @@ class RoundLoader:
     self.close()
     self._next_round = int(state["round"])
     self._start()
+
