@@ -110,11 +110,15 @@ def dct_matrix(s: int) -> np.ndarray:
   """The orthonormal DCT-II matrix D [s, s] (float64): coefficients = D @ x.
 
   D[k, n] = sqrt(2/s) · c_k · cos(π (2n + 1) k / (2s)), c_0 = 1/√2, c_k = 1;
-  D is orthogonal, so the inverse (DCT-III) is Dᵀ.
+  D is orthogonal, so the inverse (DCT-III) is Dᵀ. Entries that are exactly
+  zero (cos(π/2) = 0, e.g. the middle of odd basis vectors of odd s) are
+  stored as 0 rather than as float64 roundoff, so a coefficient cannot give
+  an element it does not reach a roundoff value (DeMo takes signs).
   """
   n = np.arange(s)
-  d = np.sqrt(2.0 / s) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] /
-                                (2 * s))
+  arg = (2 * n[None, :] + 1) * n[:, None]  # cos(π·arg / (2s)).
+  d = np.sqrt(2.0 / s) * np.cos(np.pi * arg / (2 * s))
+  d[arg % (2 * s) == s] = 0.0  # π·arg/(2s) an odd multiple of π/2.
   d[0] /= np.sqrt(2.0)
   return d
 

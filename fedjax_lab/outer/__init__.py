@@ -9,12 +9,14 @@ from typing import Callable, Dict
 
 from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs, optax_outer
 from fedjax_lab.outer.ddp import ddp
+from fedjax_lab.outer.demo import demo
 from fedjax_lab.outer.diloco import diloco
 from fedjax_lab.outer.easgd import easgd
 from fedjax_lab.outer.fedavg import fedavg, fedavgm
 from fedjax_lab.outer.fedopt import fedadagrad, fedadam, fedyogi, scale_by_fedopt
 from fedjax_lab.outer.fedprox import fedprox
 from fedjax_lab.outer.papa import papa, papa_2, papa_all
+from fedjax_lab.outer.scaffold import scaffold
 
 REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "fedavg": fedavg,
@@ -29,6 +31,8 @@ REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "papa_all": papa_all,
     "papa_2": papa_2,
     "ddp": ddp,
+    "demo": demo,
+    "scaffold": scaffold,
 }
 
 
@@ -74,5 +78,5 @@ __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
-    "papa_all", "papa_2",
+    "papa_all", "papa_2", "demo", "scaffold",
 ]

@@ -1,0 +1,130 @@
+"""SCAFFOLD: "SCAFFOLD: Stochastic Controlled Averaging for Federated
+Learning", Karimireddy, Kale, Mohri, Reddi, Stich, Suresh, arXiv 1910.06378
+(Algorithm 1, option II).
+
+Local steps y_i ← y_i − η_l·(g_i(y_i) − c_i + c); at the sync
+c_i⁺ = c_i − c + (x − y_i)/(K_i·η_l), x ← x − η_g·Δ (Δ = Σ_i w_i (x − y_i)),
+c ← c + (|S|/N)·mean_{i∈S} (c_i⁺ − c_i). The rule and its defaults are in
+docs/algorithms.md.
+
+The engine keeps every replica's c_i in `TrainState.client_state` (sharded
+like the replicas, checkpointed), applies `correct_grad` to every inner
+gradient, and keeps the old c_i of a replica that did not take part (sat
+out, diverged or took 0 steps). The server's c is the outer state. A replica
+sends Δy_i and Δc_i: twice FedAvg's traffic (`comm_multiplier=2`).
+
+Option II assumes plain SGD inner steps with the known lr η_l: the inner
+optimizer must be `optax.sgd(local_lr)` without momentum, weight decay,
+clipping or schedule (`check_inner` is the run layer's check).
+"""
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_lab.outer import base
+from fedjax_lab.typing import Params
+
+
+class ScaffoldState(NamedTuple):
+  """The server's control variate c (float32, shaped like the params)."""
+  control: Params
+
+
+def _zeros(params):
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+
+def correct_grad(grads, client_control, state: ScaffoldState):
+  """g − c_i + c, cast back to each gradient's dtype."""
+  return jax.tree.map(
+      lambda g, ci, c: (g.astype(jnp.float32) - ci + c).astype(g.dtype),
+      grads, client_control, state.control)
+
+
+def check_inner(optimizer: str, schedule: str = "constant", *,
+                momentum: float = 0.0, weight_decay: float = 0.0,
+                grad_clip: float = 0.0) -> None:
+  """Raises a ValueError unless the inner steps are plain constant-lr SGD.
+
+  For the run layer: SCAFFOLD's option II turns (x − y_i)/(K_i·η_l) into an
+  average gradient, which only holds for SGD steps of a known, constant lr.
+
+  Args:
+    optimizer: the config's `inner.optimizer` name (must be 'sgd').
+    schedule: the config's `inner.schedule` / lr decay name (must be
+      'constant'; warm-up must be off too, the caller's business).
+    momentum, weight_decay, grad_clip: must be 0.
+
+  Raises:
+    ValueError: naming the config field.
+  """
+  if optimizer != "sgd":
+    raise ValueError(f"inner.optimizer: scaffold needs plain SGD inner steps "
+                     f"(option II divides by K·local_lr), got {optimizer!r}")
+  if schedule != "constant":
+    raise ValueError(f"inner.schedule: scaffold needs a constant inner "
+                     f"learning rate equal to local_lr, got {schedule!r}")
+  for field, value in (("inner.momentum", momentum),
+                       ("inner.weight_decay", weight_decay),
+                       ("inner.grad_clip", grad_clip)):
+    if value:
+      raise ValueError(f"{field}: scaffold needs plain SGD inner steps, "
+                       f"got {value!r} (must be 0)")
+
+
+def scaffold(*, local_lr: Optional[float] = None,
+             server_lr: float = 1.0) -> base.OuterAlgorithm:
+  """SCAFFOLD, option II, with stateful clients.
+
+  Args:
+    local_lr: η_l > 0, the inner SGD learning rate (required; the engine's
+      `inner_opt` must be `optax.sgd(local_lr)`).
+    server_lr: η_g ≥ 0, the outer SGD learning rate (paper: 1).
+
+  Raises:
+    ValueError: naming `local_lr` or `server_lr`.
+  """
+  if local_lr is None:
+    raise ValueError("local_lr must be set to the inner SGD learning rate "
+                     "(scaffold's option II divides by K·local_lr)")
+  eta_l = base.check_positive("local_lr", local_lr)
+  eta_g = base.check_nonnegative("server_lr", server_lr)
+  server_tx = optax.sgd(eta_g)
+
+  def init(params):
+    return ScaffoldState(control=_zeros(params))
+
+  def sync(inputs: base.SyncInputs, state: ScaffoldState, ops):
+    x, c = inputs.global_params, state.control
+    updates, _ = server_tx.update(inputs.delta, server_tx.init(x), x)
+    new_x = optax.apply_updates(x, updates)
+    k = inputs.num_steps.astype(jnp.float32)  # K_i [m]
+    # Every replica's c_i⁺; the engine keeps the old c_i of non-participants.
+    new_ci = jax.tree.map(
+        lambda ci, cl, xg, yi: _client_update(ci, cl, xg, yi, k, eta_l),
+        inputs.client_state, c, x, inputs.replica_params)
+    # c ← c + (|S|/N)·mean_{i∈S} Δc_i = c + Σ_{i∈S} Δc_i / N.
+    # Zeroed, not multiplied, for non-senders: a diverged y_i is NaN.
+    senders = inputs.weights > 0
+    delta_c = jax.tree.map(
+        lambda a, b: jnp.where(senders.reshape((-1,) + (1,) * (a.ndim - 1)),
+                               a - b, 0.0), new_ci, inputs.client_state)
+    sum_dc = ops.weighted_sum(delta_c, senders.astype(jnp.float32))
+    new_c = jax.tree.map(lambda cl, s: cl + s / ops.num_replicas, c, sum_dc)
+    return (new_x, base.broadcast_like(new_x, inputs.replica_params),
+            ScaffoldState(control=new_c), new_ci)
+
+  return base.OuterAlgorithm(
+      init=init, sync=sync, reset_inner_state=True, name="scaffold",
+      client_init=_zeros, correct_grad=correct_grad, comm_multiplier=2)
+
+
+def _client_update(ci, c, x, y, k, eta_l):
+  """c_i⁺ = c_i − c + (x − y_i)/(K_i·η_l) on one leaf [m, ...]; c_i if K_i = 0."""
+  expand = lambda v: v.reshape(v.shape + (1,) * (ci.ndim - 1))
+  drift = (x[None].astype(jnp.float32) - y.astype(jnp.float32)) / (
+      expand(jnp.maximum(k, 1.0)) * eta_l)
+  return jnp.where(expand(k > 0), ci - c[None] + drift, ci)
