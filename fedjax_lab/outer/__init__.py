@@ -16,6 +16,7 @@ from fedjax_lab.outer.fedavg import fedavg, fedavgm
 from fedjax_lab.outer.fedopt import fedadagrad, fedadam, fedyogi, scale_by_fedopt
 from fedjax_lab.outer.fedprox import fedprox
 from fedjax_lab.outer.papa import papa, papa_2, papa_all
+from fedjax_lab.outer.scaffold import check_inner as check_scaffold_inner
 from fedjax_lab.outer.scaffold import scaffold
 
 REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
@@ -78,5 +79,5 @@ __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
-    "papa_all", "papa_2", "demo", "scaffold",
+    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner",
 ]

@@ -15,7 +15,8 @@ sends Δy_i and Δc_i: twice FedAvg's traffic (`comm_multiplier=2`).
 
 Option II assumes plain SGD inner steps with the known lr η_l: the inner
 optimizer must be `optax.sgd(local_lr)` without momentum, weight decay,
-clipping or schedule (`check_inner` is the run layer's check).
+clipping or schedule (`check_inner`, exported as
+`fedjax_lab.outer.check_scaffold_inner`, is the run layer's check).
 """
 
 from typing import NamedTuple, Optional
