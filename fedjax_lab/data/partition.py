@@ -202,8 +202,8 @@ def file_ids(source) -> np.ndarray:
   the ids are re-derived from the interpreter's own files: sequences are laid
   out file after file in path order, `len(file) // (seq_len + 1)` per file.
   The derivation is checked against the source (same corpus fingerprint, same
-  total, same groups, and each file's first sequence equal to its first
-  bytes), so a packed or otherwise different source is refused, not mislabelled.
+  total, same groups, and every sequence equal to its file's bytes), so a
+  packed or otherwise different source is refused, not mislabelled.
 
   Args:
     source: an `LMSource` (the stdlib corpus, split 'train' or 'validation').
@@ -251,8 +251,9 @@ def file_ids(source) -> np.ndarray:
       break
     if count:
       with open(f, "rb") as fh:
-        first = np.frombuffer(fh.read(width), np.uint8)
-      ok = np.array_equal(first, source.tokens[start])
+        rows = np.frombuffer(fh.read(count * width), np.uint8)
+      ok = np.array_equal(rows.reshape(count, width),
+                          source.tokens[start:start + count])
   if not ok:
     raise ValueError("data.partition: by_file cannot recover file ids: the "
                      "source is not the stdlib corpus cut file by file "
