@@ -2,6 +2,7 @@
 
 import gc
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -156,3 +157,27 @@ def test_eval_batches_first_n_in_order():
   assert len(batches) == 3  # The partial fourth batch is dropped.
   np.testing.assert_array_equal(_ids(batches[1]), [3, 4, 5])
   assert len(list(data.eval_batches(source, batch_size=3, num_batches=2))) == 2
+
+
+def test_stream_and_state_match_the_documented_rule():
+  # RoundLoader's per-replica order, from its docstring alone: epoch e of
+  # replica r is shard_r[default_rng([seed, r, e]).permutation(n_r)], the
+  # epochs laid end to end, H·B per round. PopulationLoader relies on it too.
+  source = _index_source(23)
+  shards = [np.array([0, 3, 4, 9, 11, 20, 22]), np.arange(12, 20),
+            np.array([1, 2])]
+  h, b, seed = 3, 2, 7
+  stream = [np.concatenate([s[np.random.default_rng([seed, r, e]).permutation(
+      len(s))] for e in range(40)]) for r, s in enumerate(shards)]
+  with _loader(source, shards, batch_size=b, inner_steps=h, seed=seed,
+               replica_ids=[2, 0]) as loader:
+    for k in range(6):
+      got = _ids(next(loader))
+      for slot, r in enumerate([2, 0]):
+        np.testing.assert_array_equal(
+            got[slot].ravel(), stream[r][k * h * b:(k + 1) * h * b])
+    assert loader.get_state() == {
+        "version": 1, "round": 6, "seed": seed, "batch_size": b,
+        "inner_steps": h, "num_replicas": 3,
+        "shards_crc32": zlib.crc32(b"".join(s.astype(np.int64).tobytes()
+                                            for s in shards))}
