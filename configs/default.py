@@ -18,6 +18,8 @@ hold tuned ones).
 import ml_collections
 from ml_collections import config_dict
 
+from fedjax_lab import config_validation
+
 
 def _unset(kind):
   """A typed empty field: overridable from the command line, None by default."""
@@ -65,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.inner.warmup_steps = 50  # Linear warm-up steps (per replica).
   config.inner.decay = "cosine"  # After warm-up: 'cosine', 'linear' or 'constant'.
   config.inner.final_lr_fraction = 0.1  # Final lr = this × peak (cosine/linear).
+  config.inner.schedule_steps = 0  # Steps the decay spans; 0 = train.rounds × inner.steps of the first run (a resume keeps it).
   config.inner.b1 = 0.9  # Adam β1.
   config.inner.b2 = 0.99  # Adam β2 (DiLoCo scaling laws: 0.99).
   config.inner.eps = 1e-8  # Adam ε.
@@ -93,13 +96,17 @@ def get_config() -> ml_collections.ConfigDict:
   hp.outer = _unset(str)  # FedProx: the outer rule it wraps ('fedavg').
   hp.alpha = _unset(float)  # PAPA: keep fraction α (0.99).
   hp.reset_inner_state = _unset(bool)  # Reset inner optimizer each round.
+  config_validation.add_unset_hparams(hp, "outer")  # Any other registry hparam, unset.
 
   # Compression of the outer gradients (fedjax_lab.comm.compress registry).
   config.comm = ml_collections.ConfigDict()
   config.comm.compressor = "none"  # 'none', 'bf16', 'fp16', 'int8', 'int4', 'fp4', 'uint8', 'topk'.
-  config.comm.hparams = ml_collections.ConfigDict()  # The compressor's hparams (e.g. ef=True).
+  # The compressor's hyperparameters, all unset (None = the compressor's
+  # default): ef (error feedback), block_size, stochastic, bins, fraction, ...
+  config.comm.hparams = ml_collections.ConfigDict()
+  config_validation.add_unset_hparams(config.comm.hparams, "comm")  # e.g. --config.comm.hparams.ef=True.
 
-  # The training loop (fedjax_lab.train).
+  # The training loop (fedjax_lab.run).
   config.train = ml_collections.ConfigDict()
   config.train.num_replicas = 4  # M: replicas (workers, clients).
   config.train.rounds = 40  # Rounds; the token budget is rounds × M × H × B × seq_len.
@@ -109,11 +116,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 4  # Fetch metrics from the device and log every this many rounds.
   config.train.seed = 0  # Seed of data order, partition and per-step rngs.
   config.train.nonfinite_policy = "drop"  # A diverged replica: 'drop' (count, warn) or 'stop' (error).
+  config.train.max_empty_rounds = 3  # This many rounds in a row with no replica left (all non-finite) end the run as 'diverged'; 0 = never.
   config.train.tensorboard = True  # Write TensorBoard event files to the workdir.
-  # Fault injection, for tests: replica `replica`'s loss is NaN in round `round`.
-  config.train.fault = ml_collections.ConfigDict()
-  config.train.fault.round = 0  # 1-based round to poison; 0 = off.
-  config.train.fault.replica = 0  # Which replica to poison.
+
+  # How the engine runs replicas (fedjax_lab.engine.Engine).
+  config.engine = ml_collections.ConfigDict()
+  config.engine.replica_mode = "auto"  # Replicas on one device: 'vmap' (together), 'sequential' (one at a time, less memory) or 'auto'.
 
   # Devices.
   config.mesh = ml_collections.ConfigDict()

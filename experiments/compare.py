@@ -9,6 +9,9 @@ workdir/<arm>, and workdir/results.md, results.csv, eval_loss_vs_steps.png
 and eval_loss_vs_bytes.png summarise them. Completed arms are reused when the
 command is run again (--noreuse to rerun them).
 
+A base-config override of a field that every arm sets (e.g.
+--config.outer.name) would be ignored, so it is refused (exit 2).
+
 Exit codes as experiments/run.py: 2 for a config or sweep mistake (nothing
 written), 1 otherwise.
 """
@@ -25,7 +28,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fedjax_lab import cli
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file that also defines get_sweep(config, name).",
@@ -49,20 +52,22 @@ def _sweep_fn(config_arg: str):
 def main(argv):
   if len(argv) > 1:
     cli.fail(2, f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    cli.fail(2, "--config and --workdir are required")
-  train.quiet_orbax_logs()
+  if _CONFIG.value is None:
+    cli.fail(2, "--config is required (e.g. --config=configs/compare.py)")
+  config = cli.config_value(_CONFIG)
+  workdir = cli.workdir_ok(_WORKDIR.value)
+  run_lib.quiet_orbax_logs()
   get_sweep = _sweep_fn(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
-    arms = get_sweep(_CONFIG.value, _SWEEP.value)
+    arms = get_sweep(config, _SWEEP.value)
   except ValueError as e:
     cli.fail(2, f"--sweep: {e}")
   try:
-    train.run_comparison(_CONFIG.value, arms, _WORKDIR.value,
-                         reuse=_REUSE.value)
-  except train.ConfigError as e:
+    run_lib.check_base_overrides(cli.overridden_fields(), arms, _SWEEP.value)
+    run_lib.run_comparison(config, arms, workdir, reuse=_REUSE.value)
+  except run_lib.ConfigError as e:
     cli.fail(2, f"config: {e}")
-  logging.info("report: %s", os.path.join(_WORKDIR.value, "results.md"))
+  logging.info("report: %s", os.path.join(workdir, "results.md"))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,18 @@ Several processes (hosts): pass --coordinator_address/--num_processes/
 experiments/launch_local.py does), or --distributed_auto on a TPU pod slice or
 under SLURM; see fedjax_lab/distributed.py.
 
-Exit codes: 0 done; 2 a mistake in the config or flags (one message naming
-the field; nothing written to the workdir); 3 stopped by
-train.nonfinite_policy='stop'; 1 anything else (e.g. unreadable
-checkpoints).
+Print the resolved config (every field, after overrides) and exit:
+  python experiments/run.py --config=configs/smoke.py --print_config
+List the outer algorithms, compressors and their hyperparameters:
+  python experiments/run.py --list_algorithms
+
+Exit codes: 0 done; 2 a mistake in the config, flags or workdir (one line
+naming the field; nothing written), or the workdir is in use by another run;
+3 the run stopped: train.nonfinite_policy='stop' met a non-finite replica
+(status 'stopped_nonfinite'), or the model diverged under either policy
+(status 'diverged': a non-finite eval loss, or train.max_empty_rounds rounds
+with no replica left); summary.json is written either way; 1 anything else
+(e.g. unreadable checkpoints).
 """
 
 import os
@@ -30,11 +38,19 @@ from ml_collections import config_flags
 
 from fedjax_lab import cli
 from fedjax_lab import distributed
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a configs/*.py file; override fields with "
-    "--config.<group>.<field>=value.", lock_config=True)
+    "config", None, "Path to a configs/*.py file; override any field with "
+    "--config.<group>.<field>=value (configs/default.py documents every "
+    "field; --print_config prints them all with their values).",
+    lock_config=True)
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (after overrides) and "
+    "exit.")
+_LIST = flags.DEFINE_bool(
+    "list_algorithms", False, "List the outer algorithms, compressors, task "
+    "kinds and their hyperparameters, and exit.")
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory for metrics, checkpoints and summary.")
 _COORDINATOR = flags.DEFINE_string(
@@ -55,8 +71,16 @@ _HEARTBEAT = flags.DEFINE_integer(
 def main(argv):
   if len(argv) > 1:
     cli.fail(2, f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    cli.fail(2, "--config and --workdir are required")
+  if _LIST.value:
+    print(cli.list_algorithms())
+    return
+  if _CONFIG.value is None:
+    cli.fail(2, "--config is required (e.g. --config=configs/smoke.py)")
+  config = cli.config_value(_CONFIG)
+  if _PRINT_CONFIG.value:
+    print(config)
+    return
+  workdir = cli.workdir_ok(_WORKDIR.value)
   try:
     distributed.initialize(distributed.config_from_env(
         coordinator_address=_COORDINATOR.value,
@@ -66,15 +90,15 @@ def main(argv):
         heartbeat_timeout_seconds=_HEARTBEAT.value))
   except ValueError as e:
     cli.fail(2, f"distributed: {e}")
-  train.quiet_orbax_logs()
+  run_lib.quiet_orbax_logs()
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.ConfigError as e:
+    run_lib.train_and_evaluate(config, workdir)
+  except run_lib.ConfigError as e:
     cli.fail(2, f"config: {e}")
-  except train.TrainingStopped as e:
+  except run_lib.TrainingStopped as e:
     logging.error("%s", e)
-    cli.fail(3, f"training stopped: {e}")
-  except train.CheckpointError as e:
+    cli.fail(3, f"training stopped ({e.status}): {e}")
+  except run_lib.CheckpointError as e:
     cli.fail(1, f"checkpoint: {e}")
 
 

@@ -1,23 +1,33 @@
 """Checks a run config before anything is built or written.
 
-Every mistake a user can make in a config (an unknown field, a wrong type, an
-unknown algorithm or compressor, a bad hyperparameter, a replica count that
-does not divide the devices, a batch larger than the data) becomes ONE
-`ConfigError` whose message names the field and what is allowed. The entry
-points turn it into exit code 2 without a traceback.
+Every mistake a user can make in a config (an unknown field, a wrong type, a
+value out of range or not finite, an unknown algorithm or compressor, a bad
+hyperparameter, a replica count that does not divide the devices, a seed
+beyond uint32, a batch larger than the data) becomes ONE `ConfigError` whose
+message names the field and what is allowed. The entry points turn it into
+exit code 2 without a traceback.
 
 The schema below is the library's; `configs/default.py` is one value of it
 (with a comment on every field). Two groups are open: `outer.hparams` and
-`comm.hparams` are checked by the registries they feed.
+`comm.hparams` hold a typed, unset (None) field for every hyperparameter any
+registry entry takes (`registry_hparams`), and the chosen entry's own list
+(`fedjax_lab.outer.hparams(name)`, the compressor factory's signature)
+decides which of them may be set.
 """
 
+import copy
+import inspect
+import math
 import numbers
+import typing
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import ml_collections
+from ml_collections import config_dict
 
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
+from fedjax_lab.models import tasks as tasks_lib
 
 
 class ConfigError(ValueError):
@@ -25,19 +35,29 @@ class ConfigError(ValueError):
 
 
 NONFINITE_POLICIES = ("drop", "stop")
-MODEL_KINDS = ("lm", "classification")
 CLASSIFIERS = ("mlp", "cnn")
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("cosine", "linear", "constant")
 PARTITIONS = ("iid", "by_source", "dirichlet")
 STDLIB_SUBSETS = ("full", "no_tests", "small")
-OPEN_GROUPS = ("outer.hparams", "comm.hparams")
+REPLICA_MODES = ("auto", "vmap", "sequential")
+UINT32_MAX = 2**32 - 1
 
 
-# A field spec: (kind, check). kind is 'int', 'float', 'str', 'bool' or
-# 'ints' (a tuple of ints); check(value) returns an error text or None.
+def show(value, limit: int = 80) -> str:
+  """repr(value), cut to `limit` characters (a message stays one short line)."""
+  text = repr(value)
+  if len(text) > limit:
+    text = f"{text[:limit]}... ({len(text)} characters)"
+  return text
+
+
+# A field spec: (kind, check). kind is 'int', 'float', 'str', 'bool', 'ints'
+# (a tuple of ints) or 'open'; check(value) returns an error text or None.
 def _range(lo=None, hi=None, *, lo_open=False, hi_open=False):
   def check(v):
+    if isinstance(v, float) and not math.isfinite(v):
+      return "must be a finite number"
     if lo is not None and (v <= lo if lo_open else v < lo):
       return f"must be {'>' if lo_open else '>='} {lo}"
     if hi is not None and (v >= hi if hi_open else v > hi):
@@ -59,10 +79,11 @@ def _any(v):
 
 POSITIVE = _range(1)
 NONNEG = _range(0)
+SEED = _range(0, UINT32_MAX)
 
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
     "model": {
-        "kind": ("str", _one_of(MODEL_KINDS)),
+        "kind": ("str", _one_of(sorted(tasks_lib.KINDS))),
         "d_model": ("int", POSITIVE),
         "num_layers": ("int", POSITIVE),
         "num_heads": ("int", POSITIVE),
@@ -72,7 +93,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "dropout": ("float", _range(0.0, 1.0, hi_open=True)),
         "classifier": ("str", _one_of(CLASSIFIERS)),
         "hidden": ("ints", _any),
-        "init_seed": ("int", NONNEG),
+        "init_seed": ("int", SEED),
     },
     "data": {
         "dataset": ("str", _any),
@@ -92,6 +113,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "warmup_steps": ("int", NONNEG),
         "decay": ("str", _one_of(DECAYS)),
         "final_lr_fraction": ("float", _range(0.0, 1.0)),
+        "schedule_steps": ("int", NONNEG),
         "b1": ("float", _range(0.0, 1.0, hi_open=True)),
         "b2": ("float", _range(0.0, 1.0, hi_open=True)),
         "eps": ("float", _range(0.0, lo_open=True)),
@@ -106,6 +128,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "compressor": ("str", _one_of(sorted(compress_lib._REGISTRY))),  # pylint: disable=protected-access
         "hparams": ("open", _any),
     },
+    "engine": {
+        "replica_mode": ("str", _one_of(REPLICA_MODES)),
+    },
     "train": {
         "num_replicas": ("int", POSITIVE),
         "rounds": ("int", POSITIVE),
@@ -113,14 +138,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "checkpoint_every": ("int", NONNEG),
         "keep": ("int", POSITIVE),
         "log_every": ("int", POSITIVE),
-        "seed": ("int", NONNEG),
+        "seed": ("int", SEED),
         "nonfinite_policy": ("str", _one_of(NONFINITE_POLICIES)),
+        "max_empty_rounds": ("int", NONNEG),
         "tensorboard": ("bool", _any),
-        "fault": ("group", _any),
-    },
-    "train.fault": {
-        "round": ("int", NONNEG),
-        "replica": ("int", NONNEG),
     },
     "mesh": {
         "num_devices": ("int", _range(-1)),
@@ -129,8 +150,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
 
 _KIND_TEXT = {"int": "an integer", "float": "a number", "str": "a string",
               "bool": "True or False", "ints": "a tuple of integers",
-              "open": "a ConfigDict of hyperparameters",
-              "group": "a ConfigDict"}
+              "open": "a ConfigDict of hyperparameters"}
 
 
 def _type_ok(kind: str, value) -> bool:
@@ -146,7 +166,7 @@ def _type_ok(kind: str, value) -> bool:
     return isinstance(value, (tuple, list)) and all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool)
         for v in value)
-  if kind in ("open", "group"):
+  if kind == "open":
     return isinstance(value, (ml_collections.ConfigDict, dict))
   raise AssertionError(kind)
 
@@ -158,24 +178,20 @@ def _as_dict(group) -> Dict[str, Any]:
 
 
 def check_schema(config: ml_collections.ConfigDict) -> None:
-  """Unknown or missing fields and wrong types or ranges, anywhere.
+  """Unknown or missing fields and wrong types, ranges or non-finite values.
 
   Raises:
     ConfigError: naming the first bad field and what is allowed there.
   """
-  top = [k for k in SCHEMA if "." not in k]
   for group in _as_dict(config):
-    if group not in top:
+    if group not in SCHEMA:
       raise ConfigError(f"{group}: unknown config group; known groups: "
-                        f"{', '.join(top)}")
+                        f"{', '.join(SCHEMA)}")
   for path, fields in SCHEMA.items():
-    node = config
-    for part in path.split("."):
-      if part not in node:
-        raise ConfigError(f"{path}: missing config group (start from "
-                          "configs/default.py)")
-      node = node[part]
-    values = _as_dict(node)
+    if path not in config:
+      raise ConfigError(f"{path}: missing config group (start from "
+                        "configs/default.py)")
+    values = _as_dict(config[path])
     for name in values:
       if name not in fields:
         raise ConfigError(f"{path}.{name}: unknown field; known fields of "
@@ -187,20 +203,71 @@ def check_schema(config: ml_collections.ConfigDict) -> None:
       value = values[name]
       if not _type_ok(kind, value):
         raise ConfigError(f"{path}.{name}: must be {_KIND_TEXT[kind]}, got "
-                          f"{value!r} ({type(value).__name__})")
+                          f"{show(value)} ({type(value).__name__})")
       problem = check(value)
       if problem:
-        raise ConfigError(f"{path}.{name}: {problem}, got {value!r}")
+        raise ConfigError(f"{path}.{name}: {problem}, got {show(value)}")
 
 
-def outer_hparams(config) -> Dict[str, Any]:
-  """The outer hyperparameters that are set (None = the algorithm's default)."""
-  return {k: v for k, v in _plain(config.outer.hparams).items()
-          if v is not None}
+# ----------------------------------------------------------------------------
+# The open hparams groups.
 
 
-def comm_hparams(config) -> Dict[str, Any]:
-  return _plain(config.comm.hparams)
+def _scalar_type(parameter: inspect.Parameter):
+  """int/float/bool/str of a factory parameter, or None (not a config field)."""
+  annotation = parameter.annotation
+  if typing.get_origin(annotation) is typing.Union:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    annotation = args[0] if len(args) == 1 else None
+  if annotation in (int, float, bool, str):
+    return annotation
+  default = parameter.default
+  if isinstance(default, (int, float, bool, str)):
+    return type(default)
+  return None
+
+
+def _factory_params(factory) -> Dict[str, inspect.Parameter]:
+  return {k: p for k, p in inspect.signature(factory).parameters.items()
+          if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _compressor_params(name: str) -> Dict[str, inspect.Parameter]:
+  params = _factory_params(compress_lib._REGISTRY[name])  # pylint: disable=protected-access
+  params["ef"] = inspect.Parameter("ef", inspect.Parameter.KEYWORD_ONLY,
+                                   default=False, annotation=bool)
+  return params
+
+
+def registry_hparams(group: str) -> Dict[str, type]:
+  """{hparam: type} over every entry of the 'outer' or 'comm' registry."""
+  if group == "outer":
+    factories = [_factory_params(outer_lib.REGISTRY[n]) for n in outer_lib.names()]
+  else:
+    factories = [_compressor_params(n) for n in sorted(compress_lib._REGISTRY)]  # pylint: disable=protected-access
+  out = {}
+  for params in factories:
+    for field, p in params.items():
+      kind = _scalar_type(p)
+      if kind is None:
+        continue
+      if out.get(field) in (int, float) and kind in (int, float):
+        kind = float if float in (out[field], kind) else int
+      out.setdefault(field, kind)
+      if kind is float and out[field] is int:
+        out[field] = float
+  return out
+
+
+def add_unset_hparams(hparams: ml_collections.ConfigDict, group: str) -> None:
+  """Adds a typed unset field for every registry hparam `hparams` lacks.
+
+  So that `--config.outer.hparams.<any>=v` and `--config.comm.hparams.ef=True`
+  work on a locked config whatever the algorithm or compressor.
+  """
+  for field, kind in sorted(registry_hparams(group).items()):
+    if field not in hparams:
+      hparams[field] = config_dict.placeholder(kind)
 
 
 def _plain(group) -> Dict[str, Any]:
@@ -210,29 +277,51 @@ def _plain(group) -> Dict[str, Any]:
   return out
 
 
+def outer_hparams(config) -> Dict[str, Any]:
+  """The outer hyperparameters that are set (None = the algorithm's default)."""
+  return {k: v for k, v in _plain(config.outer.hparams).items()
+          if v is not None}
+
+
+def comm_hparams(config) -> Dict[str, Any]:
+  """The compressor hyperparameters that are set (None = its default)."""
+  return {k: v for k, v in _plain(config.comm.hparams).items()
+          if v is not None}
+
+
+def _check_open(prefix: str, owner: str, hp: Dict[str, Any], allowed) -> None:
+  for field, value in hp.items():
+    if field not in allowed:
+      raise ConfigError(
+          f"{prefix}.{field}: not a hyperparameter of {owner}; allowed: "
+          f"{', '.join(sorted(allowed)) or 'none'}")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{prefix}.{field}: must be a finite number, got "
+                        f"{show(value)}")
+
+
 def check_registries(config) -> None:
   """The outer algorithm and compressor exist and accept their hparams."""
   name = config.outer.name
-  allowed = outer_lib.hparams(name)
   hp = outer_hparams(config)
-  for field in hp:
-    if field not in allowed:
-      raise ConfigError(
-          f"outer.hparams.{field}: not a hyperparameter of outer algorithm "
-          f"{name!r}; allowed: {', '.join(allowed) or 'none'} (defaults "
-          f"{allowed}); each configs/<family>.py sets its own")
+  _check_open("outer.hparams", f"outer algorithm {name!r}", hp,
+              outer_lib.hparams(name))
   try:
     outer_lib.get(name, **hp)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"outer.hparams: {e}") from None
+  comp = config.comm.compressor
+  chp = comm_hparams(config)
+  _check_open("comm.hparams", f"compressor {comp!r}", chp,
+              _compressor_params(comp))
   try:
-    compress_lib.get(config.comm.compressor, **comm_hparams(config))
+    compress_lib.get(comp, **chp)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"comm.hparams: {e}") from None
 
 
 def check_consistency(config, *, device_count: int) -> None:
-  """Cross-field checks that need no data (devices, budgets, faults)."""
+  """Cross-field checks that need no data (devices, the model's shape)."""
   m = config.train.num_replicas
   n = config.mesh.num_devices
   if n > device_count:
@@ -245,23 +334,9 @@ def check_consistency(config, *, device_count: int) -> None:
         f"train.num_replicas: {m} replicas do not divide over "
         f"mesh.num_devices={n} ({shards} devices); use a multiple of "
         f"{shards}, or set mesh.num_devices to a divisor of {m} or 0 (no mesh)")
-  if config.model.kind == "lm" and config.model.d_model % config.model.num_heads:
-    raise ConfigError(f"model.d_model: {config.model.d_model} is not divisible "
-                      f"by model.num_heads={config.model.num_heads}")
-  if config.model.kind == "lm" and (
-      config.model.d_model // config.model.num_heads) % 2:
-    raise ConfigError("model.num_heads: head size d_model / num_heads must be "
-                      f"even (RoPE), got {config.model.d_model} / "
-                      f"{config.model.num_heads}")
-  if config.model.kind == "lm" and config.model.dropout > 0:
-    pass  # Dropout keys come from the engine's per-step rng: fine.
-  fault = config.train.fault
-  if fault.round and fault.replica >= m:
-    raise ConfigError(f"train.fault.replica: {fault.replica} is not a replica; "
-                      f"allowed: 0..{m - 1}")
-  if fault.round > config.train.rounds:
-    raise ConfigError(f"train.fault.round: {fault.round} is after the last "
-                      f"round (train.rounds={config.train.rounds})")
+  problem = tasks_lib.kind(config.model.kind).check(config.model)
+  if problem:
+    raise ConfigError(f"model.{problem[0]}: {problem[1]}")
 
 
 def check_data(config, train_source, eval_source, shards) -> None:
@@ -281,7 +356,7 @@ def check_data(config, train_source, eval_source, shards) -> None:
 
 
 def validate(config, *, device_count: int) -> None:
-  """All checks that need no data, in order.
+  """All checks that need no data and no files, in order.
 
   Raises:
     ConfigError: the first problem found, naming its field.
@@ -292,3 +367,68 @@ def validate(config, *, device_count: int) -> None:
   check_schema(config)
   check_registries(config)
   check_consistency(config, device_count=device_count)
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """A locked copy of `config` with dotted-key overrides applied.
+
+  `ConfigDict.update_from_flattened_dict` does the work (so types are kept
+  as ml_collections keeps them); a dict value for an open group
+  ('outer.hparams', 'comm.hparams') replaces the group: its other fields
+  are unset.
+
+  Raises:
+    ConfigError: an override names an unknown field or has the wrong type.
+  """
+  config = copy.deepcopy(config)
+  config.lock()
+  flat = {}
+  for key, value in overrides.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      group = _lookup(config, key)
+      if not isinstance(group, ml_collections.ConfigDict):
+        raise ConfigError(f"{key}: not a group of fields, got a dict "
+                          f"{show(dict(value))}")
+      flat.update({f"{key}.{k}": None for k in group.keys()})
+      flat.update({f"{key}.{k}": v for k, v in dict(value).items()})
+    else:
+      flat[key] = value
+  for key, value in flat.items():
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+      raise ConfigError(override_error(config, key, e)) from None
+  return config
+
+
+def _lookup(config, key: str):
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(override_error(config, key, KeyError(part)))
+    node = node[part]
+  return node
+
+
+def override_error(config, key: str, error: Exception) -> str:
+  """One line for a failed override `key`: the field and what is allowed."""
+  node, path = config, []
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{'.'.join(path)}: is a value, not a group; cannot set {key}"
+    if part not in node:
+      where = ".".join(path) or "the config"
+      known = ", ".join(sorted(node.keys()))
+      field = ".".join(path + [part])
+      hint = ""
+      if path and path[-1] == "hparams" and path[0] in ("outer", "comm"):
+        hint = (" (which ones the chosen entry takes: python "
+                "experiments/run.py --list_algorithms)")
+      return f"{field}: unknown field; known fields of {where}: {known}{hint}"
+    node = node[part]
+    path.append(part)
+  text = " ".join(str(error).strip().strip("'\"").split())
+  if len(text) > 300:
+    text = f"{text[:300]}... ({len(text)} characters)"
+  return f"{key}: {text}"

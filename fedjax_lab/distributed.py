@@ -103,26 +103,26 @@ def initialize(cfg: Optional[DistributedConfig] = None) -> DistributedConfig:
   return cfg
 
 
-def is_main_process() -> bool:
-  """Process 0 writes metrics, summaries and plots."""
-  return jax.process_index() == 0
-
-
 def local_replica_ids(mesh: Optional[jax.sharding.Mesh], num_replicas: int,
                       axis_name: Optional[str] = None) -> List[int]:
-  """The replicas whose shards live on this process's devices, in mesh order.
+  """The replicas whose data this process feeds: those on its devices.
 
-  Without a mesh (or with one process) that is every replica. The order is
-  the order `jax.make_array_from_process_local_data` expects for the
-  process-local block.
+  Replicas are laid out in blocks of num_replicas / (size of the mesh axis)
+  along `axis_name` (default: the mesh's first axis); a process feeds every
+  block that has a device of its own, in mesh order (the order
+  `jax.make_array_from_process_local_data` expects). Without a mesh every
+  replica lives on this (single) process.
   """
-  if mesh is None or jax.process_count() == 1:
+  if mesh is None:
     return list(range(num_replicas))
   axis_name = axis_name or mesh.axis_names[0]
-  devices = np.asarray(mesh.devices).reshape(-1)
-  per_device = num_replicas // devices.size
-  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
-  if mine != list(range(mine[0], mine[0] + len(mine))):
-    raise ValueError("this process's devices are not contiguous on the "
-                     f"replica mesh axis {axis_name!r}")
-  return list(range(mine[0] * per_device, (mine[-1] + 1) * per_device))
+  axis = mesh.axis_names.index(axis_name)
+  devices = np.asarray(mesh.devices)
+  per_block = num_replicas // devices.shape[axis]
+  me = jax.process_index()
+  ids = set()
+  for index in np.ndindex(devices.shape):
+    if devices[index].process_index == me:
+      block = index[axis]
+      ids.update(range(block * per_block, (block + 1) * per_block))
+  return sorted(ids)

@@ -4,27 +4,40 @@ A row is a flat dict of JSON numbers keyed like 'train/loss' or 'eval/loss',
 plus the counters every curve may be drawn against: 'round', 'step' (inner
 steps per replica so far), 'tokens' (all replicas) and the cumulative bytes
 each replica has communicated ('payload_bytes', 'ring_bytes').
+
+One encoding for every JSON file a run writes (metrics.jsonl, summary.json,
+config.json): strict JSON, where a value that is not a finite number (NaN,
++inf, -inf; a round with no participating replica has no loss) is `null`.
+`pandas.read_json(path, lines=True)` then reads every metric column as
+float64 with NaN for those values.
 """
 
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def _jsonable(value):
+def jsonable(value):
+  """`value` with numpy scalars/arrays as lists and non-finite floats as None."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if hasattr(value, "tolist"):
-    return _jsonable(value.tolist())
+    return jsonable(value.tolist())
   if isinstance(value, float) and not math.isfinite(value):
-    return None if math.isnan(value) else (
-        "inf" if value > 0 else "-inf")  # JSON has no NaN/Inf.
+    return None  # Strict JSON has no NaN/Infinity.
   return value
+
+
+def dumps(obj: Any, **kwargs) -> str:
+  """Strict JSON (non-finite numbers as null): the encoding of every file."""
+  return json.dumps(jsonable(obj), allow_nan=False, **kwargs)
 
 
 class MetricsWriter:
@@ -35,27 +48,34 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True,
-               tensorboard: bool = True, resume_round: int = 0):
+               tensorboard: bool = True, keep_through: int = 0,
+               replay: Sequence[Dict[str, Any]] = ()):
     """Opens the writers.
 
     Args:
       workdir: the run's directory (exists).
       enabled: write anything at all.
       tensorboard: also write TensorBoard event files (workdir/tensorboard).
-      resume_round: rows after this round are dropped from an existing
-        metrics file (they belong to rounds that will run again).
+      keep_through: rows of an existing metrics file up to this round are
+        kept; later ones are dropped (their rounds run again, or `replay`
+        holds them).
+      replay: rows to write again right after the kept ones (those a
+        checkpoint carries: the rows from `keep_through` to its round, which
+        a killed writer may have lost or truncated).
     """
     self.enabled = enabled
     self._path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if not enabled:
       return
+    kept = []
     if os.path.exists(self._path):
       kept = [r for r in read_rows(self._path)
-              if r.get("round", 0) <= resume_round]
-      with open(self._path, "w") as f:
-        for row in kept:
-          f.write(json.dumps(row) + "\n")
+              if r.get("round", 0) <= keep_through]
+    with open(self._path + ".tmp", "w") as f:
+      for row in list(kept) + [jsonable(r) for r in replay]:
+        f.write(dumps(row) + "\n")
+    os.replace(self._path + ".tmp", self._path)
     self._file = open(self._path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -64,8 +84,8 @@ class MetricsWriter:
   def write(self, row: Dict[str, Any]) -> None:
     if not self.enabled:
       return
-    row = {k: _jsonable(v) for k, v in row.items()}
-    self._file.write(json.dumps(row) + "\n")
+    row = jsonable(row)
+    self._file.write(dumps(row) + "\n")
     if self._tb is not None:
       step = row.get("step", row.get("round", 0))
       for k, v in row.items():
@@ -107,13 +127,8 @@ def read_rows(path: str, kind: Optional[str] = None) -> List[Dict[str, Any]]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (tmp file + rename): never half a file."""
+  """Writes strict JSON atomically (tmp file + rename): never half a file."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write("\n")
+    f.write(dumps(obj, indent=2, sort_keys=True) + "\n")
   os.replace(tmp, path)
-
-
-def finite_numbers(values: Iterable[Any]) -> bool:
-  return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)

@@ -18,16 +18,25 @@ def cli_env(data_dir, devices=1):
   return env
 
 
-def run_cli(script, args, *, data_dir, timeout=180, devices=1):
+def _script(script):
+  """experiments/<script>, or tests/<script> for a 'tests/' prefixed one."""
+  if script.startswith("tests/"):
+    return os.path.join(REPO, script)
+  return os.path.join(REPO, "experiments", script)
+
+
+def run_cli(script, args, *, data_dir, timeout=180, devices=1, env=None):
   """Runs experiments/<script> with args; returns the CompletedProcess."""
+  full_env = cli_env(data_dir, devices)
+  full_env.update(env or {})
   return subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", script), *args],
-      cwd=REPO, env=cli_env(data_dir, devices), capture_output=True,
+      [sys.executable, _script(script), *args],
+      cwd=REPO, env=full_env, capture_output=True,
       text=True, timeout=timeout, check=False)
 
 
 def popen_cli(script, args, *, data_dir, devices=1):
   return subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "experiments", script), *args],
+      [sys.executable, _script(script), *args],
       cwd=REPO, env=cli_env(data_dir, devices), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)

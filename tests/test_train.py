@@ -13,8 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from _fault import nan_fault
 from _runner_util import popen_cli, run_cli  # Puts the repo root on sys.path.
 from configs import smoke
+from fedjax_lab import distributed
 from fedjax_lab import train
 from fedjax_lab.metrics import read_rows
 
@@ -193,11 +195,10 @@ def test_nan_replica_is_dropped_and_run_finishes_finite(tmp_path, data_dir,
                                                         algorithm):
   config = smoke_config(data_dir, **{
       "train.rounds": 6, "train.eval_every": 3, "train.checkpoint_every": 0,
-      "train.fault.round": 3, "train.fault.replica": 1,
       "train.nonfinite_policy": "drop", "outer.name": algorithm,
       "outer.hparams": {} if algorithm == "ddp" else {"learning_rate": 0.7}})
   workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(config, workdir)
+  summary = train.train_and_evaluate(config, workdir, **nan_fault(3, 1))
   assert summary["status"] == "completed"
   assert summary["nonfinite_replicas"] == 1
   assert _finite(summary["final_eval"]["loss"])
@@ -209,11 +210,11 @@ def test_nan_replica_is_dropped_and_run_finishes_finite(tmp_path, data_dir,
 
 def test_nan_replica_under_stop_policy_exits_cleanly(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  proc = run_cli("run.py", [
+  proc = run_cli("tests/fault_run.py", [
       "--config=configs/smoke.py", f"--workdir={workdir}",
-      f"--config.data.data_dir={data_dir}", "--config.train.fault.round=5",
+      f"--config.data.data_dir={data_dir}",
       "--config.train.nonfinite_policy=stop", "--config.train.keep=5"],
-                 data_dir=data_dir)
+                 data_dir=data_dir, env={"FEDJAX_LAB_TEST_FAULT": "5,0"})
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert "round 5" in proc.stderr and "non-finite" in proc.stderr
   assert "Traceback" not in proc.stderr
@@ -229,6 +230,36 @@ def test_nan_replica_under_stop_policy_exits_cleanly(tmp_path, data_dir):
 
 # ---------------------------------------------------------------------------
 # Pieces.
+
+
+def _reference_lrs(peak, warmup, final, decay, total, n):
+  """The schedule in float64 numpy, from its definition."""
+  warmup = min(warmup, total)
+  span = max(total - warmup, 1)
+  out = []
+  for t in range(n):
+    if t < warmup:
+      out.append(peak * (t + 1) / warmup)
+      continue
+    p = min(max((t - warmup) / span, 0.0), 1.0)
+    f = {"cosine": final + (1 - final) * 0.5 * (1 + np.cos(np.pi * p)),
+         "linear": 1 - (1 - final) * p, "constant": 1.0}[decay]
+    out.append(peak * f)
+  return np.array(out)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup,total", [(4, 14), (0, 10), (1, 5), (20, 10),
+                                          (3, 3)])
+def test_optax_schedule_matches_the_definition(decay, warmup, total):
+  inner = smoke.get_config().inner
+  inner.learning_rate, inner.warmup_steps = 0.3, warmup
+  inner.final_lr_fraction, inner.decay = 0.1, decay
+  sched = train.make_schedule(inner, total_steps=total)
+  lrs = np.array([float(sched(t)) for t in range(total + 4)])
+  np.testing.assert_allclose(
+      lrs, _reference_lrs(0.3, warmup, 0.1, decay, total, total + 4),
+      rtol=2e-6)
 
 
 def test_schedule_warmup_then_cosine():
@@ -251,4 +282,5 @@ def test_local_replica_ids_single_process():
     engine = fedjax_lab.Engine(loss, inner_opt=train.optax.sgd(0.1),
                                outer="fedavg", num_replicas=16, inner_steps=1,
                                mesh=mesh)
-    assert train.local_replica_ids(engine) == list(range(16))
+    assert distributed.local_replica_ids(
+        engine.mesh, engine.num_replicas) == list(range(16))

@@ -4,6 +4,11 @@ A `Task` is what the engine trains: `init(rng) -> params` and
 `loss_fn(params, batch, rng) -> (loss, metrics)`, both pure and jit-able,
 with params a plain pytree of float32 arrays (flax.linen's
 `model.init(rng, x)['params']`).
+
+`KINDS` is the task registry the runner reads (`config.model.kind` → how to
+load its data, check its model fields, build its Task and size its
+activations): a new kind of task is one entry here (and its model fields in
+configs/default.py), not branches in the runner.
 """
 
 import math
@@ -160,3 +165,95 @@ def classifier_task(*, model: str = "mlp", num_classes: int,
                   model, num_classes=num_classes, input_shape=input_shape,
                   hidden=hidden),
               kind="classification")
+
+
+# ----------------------------------------------------------------------------
+# The task registry: config.model.kind -> data, checks, Task.
+
+
+class TaskKind(NamedTuple):
+  """How the runner builds one kind of task from `config.model`/`config.data`.
+
+  Attributes:
+    sources: (data config, model config) -> (train source, eval source).
+    check: model config -> None, or (field under 'model.', problem) for a
+      cross-field mistake found before any data is read.
+    build: (model config, train source) -> Task.
+    activation_bytes: (model config, examples) -> a rough upper bound of the
+      bytes one replica's forward + backward keeps alive (memory estimate).
+    example_units: model config -> tokens per example (1 for a classifier).
+  """
+  sources: Callable[[Any, Any], Tuple[Any, Any]]
+  check: Callable[[Any], Optional[Tuple[str, str]]]
+  build: Callable[[Any, Any], Task]
+  activation_bytes: Callable[[Any, int], float]
+  example_units: Callable[[Any], int]
+
+
+def _lm_sources(data, model):
+  from fedjax_lab import data as data_lib  # pylint: disable=g-import-not-at-top
+  return data_lib.lm_sources(dataset=data.dataset, data_dir=data.data_dir or None,
+                             seq_len=model.seq_len, subset=data.subset,
+                             max_examples=data.max_examples or None)
+
+
+def _lm_check(model):
+  if model.d_model % model.num_heads:
+    return "d_model", (f"{model.d_model} is not divisible by "
+                       f"model.num_heads={model.num_heads}")
+  if (model.d_model // model.num_heads) % 2:
+    return "num_heads", ("head size d_model / num_heads must be even (RoPE), "
+                         f"got {model.d_model} / {model.num_heads}")
+  return None
+
+
+def _lm_build(model, train_source):
+  del train_source
+  return lm_task(d_model=model.d_model, num_layers=model.num_layers,
+                 num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
+                 seq_len=model.seq_len, dtype=model.dtype, dropout=model.dropout)
+
+
+def _lm_activation_bytes(model, examples: int) -> float:
+  per_token = (model.num_layers * model.d_model * (8 + 2 * model.mlp_ratio)
+               + model.num_layers * model.num_heads * model.seq_len
+               + 3 * 256)
+  return 4.0 * examples * model.seq_len * per_token
+
+
+def _image_sources(data, model):
+  del model
+  from fedjax_lab import data as data_lib  # pylint: disable=g-import-not-at-top
+  return data_lib.image_sources(dataset=data.dataset,
+                                data_dir=data.data_dir or None,
+                                max_examples=data.max_examples or None)
+
+
+def _image_build(model, train_source):
+  return classifier_task(model=model.classifier,
+                         num_classes=train_source.num_classes,
+                         input_shape=train_source.images.shape[1:],
+                         hidden=tuple(model.hidden) or None, dtype=model.dtype)
+
+
+def _image_activation_bytes(model, examples: int) -> float:
+  widths = tuple(model.hidden) or (512, 512)
+  return 4.0 * examples * (4 * 28 * 28 * max(widths[0], 1) + 4 * sum(widths))
+
+
+KINDS: Dict[str, TaskKind] = {
+    "lm": TaskKind(sources=_lm_sources, check=_lm_check, build=_lm_build,
+                   activation_bytes=_lm_activation_bytes,
+                   example_units=lambda model: model.seq_len),
+    "classification": TaskKind(
+        sources=_image_sources, check=lambda model: None, build=_image_build,
+        activation_bytes=_image_activation_bytes,
+        example_units=lambda model: 1),
+}
+
+
+def kind(name: str) -> TaskKind:
+  """The registry entry of `name` (ValueError listing the known kinds)."""
+  if name not in KINDS:
+    raise ValueError(f"unknown task kind {name!r}; known: {sorted(KINDS)}")
+  return KINDS[name]

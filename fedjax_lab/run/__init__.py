@@ -1,0 +1,28 @@
+"""The run layer: a config in, a trained, evaluated and reported run out.
+
+  build.py      a run from a validated config (everything, once, before
+                anything is written)
+  workdir.py    workdir/data-dir checks, the workdir lock, config.json, resume
+  schedule.py   the inner optimizer (AdamW on an optax warm-up + decay)
+  loop.py       train_and_evaluate: rounds, policies, checkpoints, metrics
+  evaluate.py   evaluation on the held-out split
+  summary.py    summary.json
+  progress.py   progress lines with an ETA (terminal and notebook)
+  compare.py    comparisons: many arms, one report (fedjax_lab.plots)
+"""
+
+from fedjax_lab.checkpoint import CheckpointError
+from fedjax_lab.config_validation import ConfigError, apply_overrides
+from fedjax_lab.run.build import Run, build_run
+from fedjax_lab.run.compare import check_base_overrides, run_comparison
+from fedjax_lab.run.loop import Diverged, TrainingStopped, train_and_evaluate
+from fedjax_lab.run.progress import quiet_orbax_logs
+from fedjax_lab.run.schedule import make_inner_opt, make_schedule
+from fedjax_lab.run.summary import versions
+
+__all__ = [
+    "CheckpointError", "ConfigError", "Diverged", "Run", "TrainingStopped",
+    "apply_overrides", "build_run", "check_base_overrides", "make_inner_opt",
+    "make_schedule", "quiet_orbax_logs", "run_comparison",
+    "train_and_evaluate", "versions",
+]

@@ -1,0 +1,229 @@
+"""Building a run from a config: everything, once, before anything is written.
+
+`build_run(config, workdir)` validates the config, checks the workdir and data
+dir, estimates the memory the run needs (refusing one that cannot fit, with
+the field to change), loads the data, builds the task, the inner optimizer,
+the outer algorithm, the compressor and the engine, and compares the config
+with the one a workdir was started with. A mistake anywhere is one
+`ConfigError` naming the field, and the workdir is left untouched.
+"""
+
+import copy
+import functools
+import inspect
+import os
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import jax
+import ml_collections
+
+from fedjax_lab import config_validation
+from fedjax_lab import data as data_lib
+from fedjax_lab import distributed
+from fedjax_lab import outer as outer_lib
+from fedjax_lab.comm import compress as compress_lib
+from fedjax_lab.config_validation import ConfigError
+from fedjax_lab.engine import Engine, replica_mesh
+from fedjax_lab.models import tasks as tasks_lib
+from fedjax_lab.run import progress
+from fedjax_lab.run import schedule as schedule_lib
+from fedjax_lab.run import workdir as workdir_lib
+
+GIB = float(1 << 30)
+
+
+class Run(NamedTuple):
+  """A run, built: what the loop needs and nothing it has to work out."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: tasks_lib.Task
+  train_src: Any
+  eval_src: Any
+  shards: List[Any]
+  engine: Engine
+  params: Any
+  replica_ids: List[int]
+  schedule_steps: int
+  comm: Dict[str, float]
+  tokens_per_round: int
+  started_with: Optional[Dict[str, Any]]  # config.json of a resumed workdir.
+
+
+@functools.lru_cache(maxsize=4)
+def _sources(kind: str, key: str, data: ml_collections.FrozenConfigDict,
+             model: ml_collections.FrozenConfigDict):
+  """(train, eval) sources, cached per process (comparison arms share them)."""
+  del key
+  return tasks_lib.kind(kind).sources(data, model)
+
+
+def _data_key(config) -> str:
+  d, m = config.data, config.model
+  return repr((d.dataset, d.subset, d.data_dir, d.max_examples, m.seq_len))
+
+
+def load_sources(config):
+  """The task kind's (train, eval) sources; data mistakes as ConfigError."""
+  frozen = lambda c: ml_collections.FrozenConfigDict(c.to_dict())
+  try:
+    return _sources(config.model.kind, _data_key(config), frozen(config.data),
+                    frozen(config.model))
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f"data.dataset: {e}") from None
+  except OSError as e:
+    raise ConfigError(f"data.data_dir: {e}") from None
+
+
+def _check_dirs(config, workdir: str) -> None:
+  workdir_lib.check_path("--workdir", workdir, write=True)
+  data_dir = config.data.data_dir or os.environ.get(
+      "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  # The built-in corpus is prepared (under a lock file) in the data dir.
+  workdir_lib.check_path("data.data_dir", data_dir, depth=0,
+                         write=config.data.dataset == "stdlib")
+
+
+_TYPICAL = {"train.num_replicas": 4, "inner.steps": 25, "inner.batch_size": 16,
+            "model.seq_len": 64, "model.d_model": 64, "model.num_layers": 2,
+            "model.mlp_ratio": 4, "model.num_heads": 4,
+            "data.prefetch": 2, "mesh.num_devices": 1}
+
+
+def _largest(config, fields: Sequence[str]) -> str:
+  def ratio(field):
+    group, name = field.split(".")
+    return float(abs(config[group][name])) / _TYPICAL[field]
+  return max(fields, key=ratio)
+
+
+def available_bytes() -> float:
+  """Memory a run may use: the host's RAM, or one accelerator's."""
+  device = jax.local_devices()[0]
+  if device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return float(stats["bytes_limit"])
+  return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_memory(config, num_params: Optional[int] = None, *,
+                 limit: Optional[float] = None) -> None:
+  """Refuses a run whose rough memory estimate exceeds the machine's.
+
+  Terms: the round batches (M × H × B examples, for the loader's prefetch
+  queue plus the one on the device), one device's replicas' activations, and
+  the replica states (params, AdamW moments, gradient, Δ and outer state).
+
+  Raises:
+    ConfigError: naming the field that drives the largest term.
+  """
+  kind = tasks_lib.kind(config.model.kind)
+  m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
+  units = kind.example_units(config.model)
+  batch = 4.0 * m * h * b * (units + 1) * (config.data.prefetch + 2)
+  per_device = max(m // max(jax.device_count(), 1), 1)
+  if config.mesh.num_devices == 0:
+    per_device = m
+  act = per_device * kind.activation_bytes(config.model, b)
+  state = 0.0 if num_params is None else 4.0 * num_params * (6 * m + 4)
+  limit = available_bytes() if limit is None else limit
+  total = batch + act + state
+  if total <= limit:
+    return
+  terms = {
+      "round batches": (batch, ("inner.steps", "inner.batch_size",
+                                "train.num_replicas", "data.prefetch")),
+      "activations": (act, ("inner.batch_size", "model.seq_len",
+                            "model.d_model", "model.num_layers",
+                            "model.mlp_ratio", "train.num_replicas")),
+      "replica states": (state, ("model.d_model", "model.num_layers",
+                                 "model.mlp_ratio", "train.num_replicas")),
+  }
+  name, (size, fields) = max(terms.items(), key=lambda kv: kv[1][0])
+  if config.model.kind != "lm":
+    fields = tuple(f for f in fields if not f.startswith("model.")) or (
+        "inner.batch_size",)
+  field = _largest(config, fields)
+  group, leaf = field.split(".")
+  raise ConfigError(
+      f"{field}: the run would need about {total / GIB:.3g} GiB ({name}: "
+      f"{size / GIB:.3g} GiB) and this machine has {limit / GIB:.3g} GiB; "
+      f"lower {field} (now {config[group][leaf]})")
+
+
+def _engine(config, task, schedule_steps: int, loss_fn) -> Engine:
+  mesh = None
+  if config.mesh.num_devices:
+    mesh = replica_mesh(None if config.mesh.num_devices == -1
+                        else config.mesh.num_devices)
+  kwargs = {}
+  mode = config.engine.replica_mode
+  if mode != "auto" or "replica_mode" in inspect.signature(Engine).parameters:
+    kwargs["replica_mode"] = mode
+  try:
+    return Engine(
+        loss_fn or task.loss_fn,
+        inner_opt=schedule_lib.make_inner_opt(config.inner, schedule_steps),
+        outer=outer_lib.get(config.outer.name,
+                            **config_validation.outer_hparams(config)),
+        num_replicas=config.train.num_replicas, inner_steps=config.inner.steps,
+        mesh=mesh, compressor=compress_lib.get(
+            config.comm.compressor, **config_validation.comm_hparams(config)),
+        **kwargs)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"engine: {e}") from None
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str, *,
+          replica_ids: Optional[Sequence[int]] = None,
+          wrap_loss: Optional[Callable[[Callable], Callable]] = None) -> Run:
+  """Validates `config` and builds the run; writes nothing.
+
+  Args:
+    config: a run config (configs/default.py documents every field).
+    workdir: the run's directory (may not exist yet).
+    replica_ids: the replicas this process feeds (default: those on its
+      devices).
+    wrap_loss: loss_fn -> loss_fn, applied to the task's loss (tests inject
+      faults with it).
+
+  Raises:
+    ConfigError: the first mistake found, naming its field.
+  """
+  config = copy.deepcopy(config)
+  config_validation.validate(config, device_count=jax.device_count())
+  _check_dirs(config, workdir)
+  check_memory(config)
+  train_src, eval_src = load_sources(config)
+  kind = tasks_lib.kind(config.model.kind)
+  try:
+    task = kind.build(config.model, train_src)
+  except ValueError as e:
+    raise ConfigError(f"model.hidden: {e}") from None
+  check_memory(config, task.num_params)
+  try:
+    shards = data_lib.partition(train_src, config.train.num_replicas,
+                                method=config.data.partition,
+                                alpha=config.data.alpha, seed=config.train.seed)
+  except ValueError as e:
+    raise ConfigError(f"data.partition: {e}") from None
+  config_validation.check_data(config, train_src, eval_src, shards)
+  started_with = workdir_lib.check_resumable(workdir, config)
+  schedule_steps, origin = workdir_lib.schedule_horizon(config, started_with)
+  if started_with is not None and not config.inner.schedule_steps:
+    progress.say("lr schedule: decays over %d steps (%s)", schedule_steps,
+                 origin)
+  loss_fn = wrap_loss(task.loss_fn) if wrap_loss else None
+  engine = _engine(config, task, schedule_steps, loss_fn)
+  if replica_ids is None:
+    replica_ids = distributed.local_replica_ids(
+        engine.mesh, engine.num_replicas, engine.axis_name if engine.mesh
+        else None)
+  params = task.init(jax.random.PRNGKey(config.model.init_seed))
+  m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
+  return Run(config=config, workdir=workdir, task=task, train_src=train_src,
+             eval_src=eval_src, shards=list(shards), engine=engine,
+             params=params, replica_ids=[int(r) for r in replica_ids],
+             schedule_steps=schedule_steps, comm=engine.comm_bytes(params),
+             tokens_per_round=m * h * b * kind.example_units(config.model),
+             started_with=started_with)

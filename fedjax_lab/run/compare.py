@@ -1,0 +1,107 @@
+"""Comparisons: many arms of one config, run here, reported by `plots`."""
+
+import json
+import os
+import time
+from typing import Any, Dict, Iterable, List, Sequence
+
+import jax
+import ml_collections
+
+from fedjax_lab import config_validation
+from fedjax_lab.config_validation import ConfigError
+from fedjax_lab.run import progress
+from fedjax_lab.run.loop import SUMMARY_FILE, TrainingStopped, train_and_evaluate
+
+
+def check_base_overrides(fields: Iterable[str],
+                         arms: Sequence[Dict[str, Any]], sweep: str) -> None:
+  """Refuses a base-config override that every arm overrides again.
+
+  Args:
+    fields: dotted fields set on the command line (`--config.<field>=...`).
+    arms: the sweep's arms.
+    sweep: its name, for the message.
+
+  Raises:
+    ConfigError: naming the first such field.
+  """
+  for field in fields:
+    def covered(arm):
+      return any(field == key or field.startswith(key + ".")
+                 or key.startswith(field + ".")
+                 for key in arm.get("overrides", {}))
+    if arms and all(covered(a) for a in arms):
+      raise ConfigError(
+          f"{field}: every arm of sweep {sweep!r} sets it, so "
+          f"--config.{field} would be ignored; change the sweep in the config "
+          "file (get_sweep) or run one config with experiments/run.py")
+
+
+def _reusable(path: str, rounds: int):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = json.load(f)
+  if old.get("status") == "completed" and old.get("rounds") == rounds:
+    return old
+  return None
+
+
+def run_comparison(base_config: ml_collections.ConfigDict,
+                   arms: Sequence[Dict[str, Any]], workdir: str, *,
+                   reuse: bool = True) -> List[Dict[str, Any]]:
+  """Runs every arm (one engine each, in this process) and reports.
+
+  Every arm shares the base config's data, model, inner optimizer and token
+  budget; an arm only overrides fields (the algorithm, H, outer lr, seed;
+  its `train.rounds` is set so rounds × H stays equal).
+
+  Args:
+    base_config: the shared config.
+    arms: dicts with 'name' (a directory name) and 'overrides' (dotted keys).
+    workdir: arms run in workdir/<name>; the table and plots go to workdir.
+    reuse: an arm whose summary.json says it completed is not run again.
+
+  Returns:
+    One result dict per arm (its summary plus 'name' and 'overrides').
+  """
+  from fedjax_lab import plots  # pylint: disable=g-import-not-at-top
+  names = [a["name"] for a in arms]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"sweep: arm names must be unique, got {names}")
+  configs = []
+  for arm in arms:  # Validate every arm before running any.
+    try:
+      cfg = config_validation.apply_overrides(base_config,
+                                              arm.get("overrides", {}))
+      config_validation.validate(cfg, device_count=jax.device_count())
+    except ConfigError as e:
+      raise ConfigError(f"sweep arm {arm['name']!r}: {e}") from None
+    configs.append(cfg)
+  results = []
+  clock = progress.Clock(0, len(arms))
+  for i, (arm, cfg) in enumerate(zip(arms, configs)):
+    arm_dir = os.path.join(workdir, arm["name"])
+    summary_path = os.path.join(arm_dir, SUMMARY_FILE)
+    summary = _reusable(summary_path, cfg.train.rounds) if reuse else None
+    if summary is not None:
+      progress.say("arm %s: reusing %s", arm["name"], summary_path)
+    else:
+      progress.say("arm %d/%d: %s (%s)", i + 1, len(arms), arm["name"],
+                   arm.get("overrides"))
+      try:
+        summary = train_and_evaluate(cfg, arm_dir)
+      except TrainingStopped as e:
+        progress.warn("arm %s stopped: %s", arm["name"], e)
+        with open(summary_path) as f:
+          summary = json.load(f)
+    results.append({"name": arm["name"],
+                    "overrides": arm.get("overrides", {}), **summary})
+    progress.say("comparison: %d/%d arms done, elapsed %s, ETA %s", i + 1,
+                 len(arms), progress.fmt_time(clock.elapsed()),
+                 progress.fmt_time(clock.elapsed() / (i + 1)
+                                   * (len(arms) - i - 1)))
+  if jax.process_index() == 0:
+    plots.write_report(results, workdir)
+  return results

@@ -1,0 +1,332 @@
+"""train_and_evaluate(config, workdir): the round loop of a built run.
+
+1. `build.build_run` validates the config and builds everything, writing nothing
+   (a mistake is one `ConfigError` naming the field);
+2. the workdir is locked (a second run on it is refused, naming the holder),
+   config.json written once, and the newest checkpoint that verifies and
+   restores resumed (TrainState + loader position + counters + the metric
+   rows since the checkpoint before it), or a fresh state made;
+3. rounds run; metrics are fetched from the device every `train.log_every`
+   rounds (and before evaluations and checkpoints) and written to
+   metrics.jsonl/TensorBoard (process 0); `engine.eval_params(state)` is
+   evaluated every `train.eval_every` rounds; orbax checkpoints every
+   `train.checkpoint_every` rounds; summary.json at the end, whatever the end.
+
+Every metrics row carries the cumulative bytes each replica has sent, so
+curves can be drawn against bytes as well as steps.
+
+Non-finite replicas are dropped by the engine (weight 0, restarted from the
+global model); `train.nonfinite_policy` decides what the run does about it:
+'drop' counts them and warns, 'stop' raises `TrainingStopped` before the next
+checkpoint. Under either policy a model that stopped learning ends the run
+with `Diverged` (status 'diverged'): a non-finite eval loss, or
+`train.max_empty_rounds` rounds in a row in which no replica was left.
+"""
+
+import math
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from fedjax_lab import data as data_lib
+from fedjax_lab.checkpoint import Checkpointer
+from fedjax_lab.metrics import MetricsWriter, jsonable, write_json
+from fedjax_lab.run import build as build_lib
+from fedjax_lab.run import progress
+from fedjax_lab.run import workdir as workdir_lib
+from fedjax_lab.run.evaluate import Evaluator, fetch_replicated
+from fedjax_lab.run.summary import make_summary
+
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+# Metrics that are means over participating replicas: none in an empty round.
+_PER_PARTICIPANT = ("loss",)
+
+
+class TrainingStopped(RuntimeError):
+  """nonfinite_policy='stop' met a non-finite replica."""
+  status = "stopped_nonfinite"
+
+
+class Diverged(TrainingStopped):
+  """The model stopped learning: non-finite eval, or rounds with no replica."""
+  status = "diverged"
+
+
+def _fresh_meta() -> Dict[str, Any]:
+  return {"wall_s": 0.0, "best_eval_loss": None, "best_eval_round": None,
+          "nonfinite_replicas": 0, "empty_rounds": 0, "empty_streak": 0,
+          "last_eval": None, "resumes": 0, "rows": [], "rows_after": 0}
+
+
+class _Loop:
+  """One run's loop state; each method is one job of the loop."""
+
+  def __init__(self, run: build_lib.Run,
+               batch_hook: Optional[Callable[[Dict, int, Sequence[int]], Dict]]):
+    self.run, self.config, self.engine = run, run.config, run.engine
+    self.tc = run.config.train
+    self.batch_hook = batch_hook
+    self.is_main = jax.process_index() == 0
+    self.lock = workdir_lib.Lock(run.workdir)
+    self.pending: List[Any] = []  # (round, device metrics) not yet fetched.
+    self.last_train: Dict[str, Any] = {}
+    self.rounds_this_run = 0
+
+  # -- Start: lock, config.json, restore. -----------------------------------
+
+  def open(self) -> None:
+    run = self.run
+    os.makedirs(run.workdir, exist_ok=True)
+    if self.is_main:
+      self.lock.acquire()
+      workdir_lib.write_config(run.workdir, self.config)
+    self.checkpointer = Checkpointer(
+        os.path.join(run.workdir, CHECKPOINT_DIR), keep=self.tc.keep)
+    restored = self.checkpointer.restore_latest(
+        self.engine.abstract_state(run.params))
+    self.restored = restored is not None
+    if restored is None:
+      self.state = self.engine.init(run.params, seed=self.tc.seed)
+      self.start, self.meta = 0, _fresh_meta()
+      progress.say("starting %s in %s: %d rounds, M=%d, H=%d, B=%d, %d params",
+                   self.config.outer.name, run.workdir, self.tc.rounds,
+                   self.tc.num_replicas, self.config.inner.steps,
+                   self.config.inner.batch_size, run.task.num_params)
+    else:
+      self.state, self.start = restored.state, restored.step
+      self.meta = dict(_fresh_meta(), **restored.meta)
+      self.meta["resumes"] += 1
+      progress.say("resuming %s in %s from round %d", self.config.outer.name,
+                   run.workdir, self.start)
+    self.last_saved = self.start if self.restored else None
+    self.loader = data_lib.RoundLoader(
+        run.train_src, run.shards, batch_size=self.config.inner.batch_size,
+        inner_steps=self.config.inner.steps, seed=self.tc.seed,
+        replica_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+    if restored is not None:
+      self.loader.set_state(restored.loader)
+    replay = self.meta["rows"] if self.restored else []
+    self.writer = MetricsWriter(
+        run.workdir, enabled=self.is_main, tensorboard=self.tc.tensorboard,
+        keep_through=self.meta["rows_after"] if replay else self.start,
+        replay=replay)
+    self.rows_since_save = list(replay)
+    self.evaluate = Evaluator(run)
+    self.clock = progress.Clock(self.start, self.tc.rounds)
+
+  # -- Rows. ----------------------------------------------------------------
+
+  def counters(self, r: int) -> Dict[str, Any]:
+    h, comm = self.config.inner.steps, self.run.comm
+    return {"round": r, "step": r * h,
+            "tokens": r * self.run.tokens_per_round,
+            "payload_bytes": r * comm["payload_bytes"],
+            "ring_bytes": r * comm["ring_bytes"]}
+
+  def write(self, row: Dict[str, Any]) -> None:
+    row = jsonable(row)
+    self.writer.write(row)
+    self.rows_since_save.append(row)
+
+  def _train_row(self, r: int, mt: Dict[str, Any]) -> Dict[str, Any]:
+    row = {"kind": "train", **self.counters(r)}
+    empty = float(mt.get("participants", 1)) == 0
+    for k, v in mt.items():
+      v = np.asarray(v)
+      value = v.tolist() if v.ndim else float(v)
+      if empty and (k in _PER_PARTICIPANT or k.startswith("inner/")):
+        value = None  # No replica took part: no loss, not a loss of 0.
+      row[f"train/{k}"] = value
+    row["time_s"] = self.meta["wall_s"] + self.clock.elapsed()
+    return row
+
+  def flush(self, r: int) -> None:
+    """Fetches pending metrics, writes their rows, applies the policies."""
+    fetched = fetch_replicated([mt for _, mt in self.pending])
+    rounds = [rr for rr, _ in self.pending]
+    self.pending.clear()
+    problems = []
+    for rr, mt in zip(rounds, fetched):
+      row = self._train_row(rr, mt)
+      self.write(row)
+      self.last_train = row
+      n_bad = int(mt["nonfinite_replicas"])
+      self.meta["nonfinite_replicas"] += n_bad
+      if float(mt.get("participants", 1)) == 0:
+        self.meta["empty_rounds"] += 1
+        self.meta["empty_streak"] += 1
+      else:
+        self.meta["empty_streak"] = 0
+      if n_bad:
+        problems.append((rr, n_bad, self.meta["empty_streak"]))
+    self.writer.flush()
+    for rr, n_bad, streak in problems:
+      self._apply_policy(rr, n_bad, streak)
+    self._log_progress(r)
+
+  def _since(self) -> str:
+    return (f"the last checkpoint is round {self.last_saved}"
+            if self.last_saved else "no checkpoint was saved")
+
+  def _apply_policy(self, r: int, n_bad: int, streak: int) -> None:
+    limit = self.tc.max_empty_rounds
+    if limit and streak >= limit:
+      raise Diverged(
+          f"round {r}: no replica produced finite values for {streak} rounds "
+          f"in a row (train.max_empty_rounds={limit}): the model stopped "
+          f"learning; {self._since()}. Lower the learning rates.")
+    if self.tc.nonfinite_policy == "stop":
+      raise TrainingStopped(
+          f"round {r}: {n_bad} replica(s) produced non-finite values and "
+          f"train.nonfinite_policy='stop'; {self._since()} (from before that "
+          "round). Lower the learning rates, or use nonfinite_policy='drop' "
+          "to drop such replicas.")
+    progress.warn("round %d: %d replica(s) produced non-finite values; "
+                  "dropped for the round and restarted from the global model "
+                  "(nonfinite_policy='drop')", r, n_bad)
+
+  def _log_progress(self, r: int) -> None:
+    loss = self.last_train.get("train/loss")
+    rate = self.clock.rate(r)
+    progress.say(
+        "round %d/%d (%.0f%%) | train loss %s | %.2f rounds/s, %.0f tok/s | "
+        "%.3g bytes/replica | elapsed %s, ETA %s", r, self.tc.rounds,
+        100.0 * r / self.tc.rounds,
+        "- (no replica)" if loss is None else f"{loss:.4f}", rate,
+        rate * self.run.tokens_per_round, r * self.run.comm["payload_bytes"],
+        progress.fmt_time(self.clock.elapsed()),
+        progress.fmt_time(self.clock.eta(r)))
+
+  # -- Eval and checkpoints. -------------------------------------------------
+
+  def do_eval(self, r: int) -> None:
+    ev = self.evaluate(self.state)
+    self.write({"kind": "eval", **self.counters(r),
+                **{f"eval/{k}": v for k, v in ev.items()},
+                "time_s": self.meta["wall_s"] + self.clock.elapsed()})
+    self.writer.flush()
+    self.meta["last_eval"] = jsonable({"round": r, **ev})
+    if not math.isfinite(ev["loss"]):
+      raise Diverged(f"round {r}: eval loss is {ev['loss']}: the model "
+                     f"diverged; {self._since()}. Lower the learning rates.")
+    best = self.meta["best_eval_loss"]
+    if best is None or ev["loss"] < best:
+      self.meta["best_eval_loss"], self.meta["best_eval_round"] = ev["loss"], r
+    progress.say("round %d eval: %s", r, ", ".join(
+        f"{k} {v:.4f}" for k, v in sorted(ev.items())))
+
+  def save(self, r: int) -> None:
+    meta = dict(self.meta, wall_s=self.meta["wall_s"] + self.clock.elapsed(),
+                rows=self.rows_since_save,
+                rows_after=self.last_saved or 0)
+    self.checkpointer.save(r, self.state, self.loader.get_state(), meta)
+    self.last_saved = r
+    self.rows_since_save = []
+
+  # -- The loop. -------------------------------------------------------------
+
+  def round(self, r: int) -> None:
+    batch = self.loader.next()
+    if self.batch_hook is not None:
+      batch = self.batch_hook(batch, r, self.run.replica_ids)
+    t0 = time.time()
+    self.state, mt = self.engine.round(self.state, batch)
+    self.rounds_this_run += 1
+    if self.clock.first_round_s is None:
+      jax.block_until_ready(self.state.round)
+      self.clock.first_round_s = time.time() - t0  # Mostly compilation.
+    # Every device metric is replicated: any process can read it.
+    self.pending.append((r, {k: v for k, v in mt.items()
+                             if k not in ("payload_bytes", "ring_bytes")}))
+    tc = self.tc
+    last = r == tc.rounds
+    do_eval = last or (tc.eval_every and r % tc.eval_every == 0)
+    do_ckpt = tc.checkpoint_every and (last or r % tc.checkpoint_every == 0)
+    if do_eval or do_ckpt or r % tc.log_every == 0:
+      self.flush(r)
+    t_side = time.time()
+    if do_eval:
+      self.do_eval(r)
+    if do_ckpt:
+      self.save(r)
+    self.clock.side_s += time.time() - t_side
+
+  def finish(self, status: str, wall_start: float) -> Dict[str, Any]:
+    self.loader.close()
+    self.checkpointer.close()
+    self.meta["wall_s"] += self.clock.elapsed()
+    summary = make_summary(
+        self.run, status=status, meta=self.meta,
+        rounds_done=self.start + self.rounds_this_run,
+        last_train=self.last_train,
+        resumed_from=self.start if self.restored else None,
+        timing={"total_s": self.meta["wall_s"],
+                "this_process_s": time.time() - wall_start,
+                "first_round_s": self.clock.first_round_s,
+                "data_s": self.loader.data_seconds,
+                "data_wait_s": self.loader.wait_seconds})
+    if self.is_main:
+      write_json(os.path.join(self.run.workdir, SUMMARY_FILE), summary)
+    self.writer.close()
+    self.lock.release()
+    return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       replica_ids: Optional[Sequence[int]] = None,
+                       wrap_loss: Optional[Callable] = None,
+                       batch_hook: Optional[Callable] = None
+                       ) -> Dict[str, Any]:
+  """Trains with periodic evaluation, checkpoints and metrics; resumes.
+
+  Args:
+    config: a run config (see configs/default.py for every field).
+    workdir: where metrics, TensorBoard files, checkpoints and summary.json
+      go; a workdir with checkpoints is resumed.
+    replica_ids: the replicas this process feeds (default: those on its
+      devices, `distributed.local_replica_ids`).
+    wrap_loss: loss_fn -> loss_fn for the engine (instrumentation, tests).
+    batch_hook: (round batch, round, replica_ids) -> round batch, applied
+      before each round (instrumentation, tests).
+
+  Returns:
+    The summary dict (also written to workdir/summary.json by process 0).
+
+  Raises:
+    ConfigError: a mistake in the config or workdir, found before anything
+      is written (or: the workdir is in use by another run).
+    CheckpointError: checkpoints exist but none can be restored.
+    TrainingStopped: nonfinite_policy='stop' met a non-finite value;
+      `Diverged` (a subclass): the model stopped learning.
+  """
+  wall_start = time.time()
+  run = build_lib.build_run(config, workdir, replica_ids=replica_ids,
+                        wrap_loss=wrap_loss)
+  loop = _Loop(run, batch_hook)
+  try:
+    loop.open()
+  except BaseException:
+    loop.lock.release()
+    raise
+  status = "failed"
+  try:
+    for r in range(loop.start + 1, run.config.train.rounds + 1):
+      loop.round(r)
+    if loop.start >= run.config.train.rounds and loop.meta["last_eval"] is None:
+      loop.do_eval(loop.start)
+    status = "completed"
+  except TrainingStopped as e:
+    status = e.status
+    raise
+  finally:
+    summary = loop.finish(status, wall_start)
+  progress.say("done: %s eval loss %s after %d rounds, %.3g B per replica "
+               "sent, %s", run.config.outer.name,
+               summary["final_eval"].get("loss"), summary["rounds"],
+               summary["payload_bytes"], progress.fmt_time(summary["wall_s"]))
+  return summary

@@ -1,0 +1,49 @@
+"""The inner optimizer every replica runs: AdamW on an optax schedule."""
+
+import jax
+import ml_collections
+import optax
+
+
+def make_schedule(inner: ml_collections.ConfigDict,
+                  total_steps: int) -> optax.Schedule:
+  """Linear warm-up to the peak lr, then cosine/linear decay (or constant).
+
+  lr(t) = peak · (t + 1) / warmup for t < warmup (never exactly 0, so no step
+  is wasted); afterwards peak · f(progress), f decaying from 1 at t = warmup
+  to `final_lr_fraction` at t = total_steps, and constant after that.
+
+  Args:
+    inner: the `config.inner` group.
+    total_steps: the step at which the decay ends (the schedule's horizon).
+  """
+  peak = float(inner.learning_rate)
+  warmup = min(int(inner.warmup_steps), total_steps)
+  final = float(inner.final_lr_fraction)
+  span = max(total_steps - warmup, 1)
+  if inner.decay == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps=span, alpha=final)
+  elif inner.decay == "linear":
+    decay = optax.linear_schedule(peak, peak * final, transition_steps=span)
+  else:
+    decay = optax.constant_schedule(peak)
+  if warmup == 0:
+    return decay
+  warm = optax.linear_schedule(peak / warmup, peak,
+                               transition_steps=max(warmup - 1, 1))
+  return optax.join_schedules([warm, decay], boundaries=[warmup])
+
+
+def make_inner_opt(inner: ml_collections.ConfigDict,
+                   total_steps: int) -> optax.GradientTransformation:
+  """AdamW with warm-up + decay and global-norm clipping (DiLoCo's inner opt).
+
+  Weight decay applies to matrices only (ndim ≥ 2), not to LayerNorm scales
+  and biases, as is usual for transformers.
+  """
+  tx = optax.adamw(make_schedule(inner, total_steps), b1=inner.b1, b2=inner.b2,
+                   eps=inner.eps, weight_decay=inner.weight_decay,
+                   mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+  if inner.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(inner.grad_clip), tx)
+  return tx

@@ -1,0 +1,82 @@
+"""summary.json: what a run did, on what, with which versions."""
+
+import platform
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+import optax
+
+from fedjax_lab import data as data_lib
+
+
+def versions() -> Dict[str, str]:
+  """Versions of everything a result depends on."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import fedjax_lab  # pylint: disable=g-import-not-at-top
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": getattr(jax.lib, "__version__", jax.__version__),
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax_checkpoint": ocp.__version__, "numpy": np.__version__,
+          "fedjax_lab": fedjax_lab.__version__}
+
+
+def _heterogeneity(source, shards) -> Optional[float]:
+  try:
+    return data_lib.heterogeneity(source, shards)
+  except ValueError:
+    return None
+
+
+def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
+                 last_train: Dict[str, Any], resumed_from: Optional[int],
+                 timing: Dict[str, Any]) -> Dict[str, Any]:
+  """The summary dict of `run` (a `build.Run`) after `rounds_done` rounds."""
+  config, comm = run.config, run.comm
+  final_eval = dict(meta.get("last_eval") or {})
+  final_eval.pop("round", None)
+  corpus = dict(getattr(run.train_src, "info", {}) or {})
+  engine = run.engine
+  return {
+      "status": status,
+      "algorithm": config.outer.name,
+      "rounds": rounds_done,
+      "rounds_planned": config.train.rounds,
+      "num_replicas": config.train.num_replicas,
+      "inner_steps": config.inner.steps,
+      "batch_size": config.inner.batch_size,
+      "steps": rounds_done * config.inner.steps,
+      "schedule_steps": run.schedule_steps,
+      "tokens": rounds_done * run.tokens_per_round,
+      "final_eval": final_eval,
+      "final_eval_round": (meta.get("last_eval") or {}).get("round"),
+      "best_eval_loss": meta.get("best_eval_loss"),
+      "best_eval_round": meta.get("best_eval_round"),
+      "final_train_loss": last_train.get("train/loss"),
+      "payload_bytes": rounds_done * comm["payload_bytes"],
+      "ring_bytes": rounds_done * comm["ring_bytes"],
+      "payload_bytes_per_round": comm["payload_bytes"],
+      "ring_bytes_per_round": comm["ring_bytes"],
+      "nonfinite_replicas": meta.get("nonfinite_replicas", 0),
+      "empty_rounds": meta.get("empty_rounds", 0),
+      "wall_s": meta["wall_s"],
+      "timing": timing,
+      "resumed_from": resumed_from,
+      "resumes": meta.get("resumes", 0),
+      "compiled_rounds": engine.compiled_rounds(),
+      "num_params": run.task.num_params,
+      "flops_per_example": run.task.flops_per_example,
+      "data": {"train_examples": len(run.train_src),
+               "eval_examples": len(run.eval_src),
+               "shard_sizes": [int(len(s)) for s in run.shards],
+               "heterogeneity": _heterogeneity(run.train_src, run.shards)},
+      "corpus": corpus.get("fingerprint", corpus),
+      "config": config.to_dict(),
+      "versions": versions(),
+      "devices": {"platform": jax.default_backend(),
+                  "count": jax.device_count(),
+                  "kind": jax.devices()[0].device_kind,
+                  "processes": jax.process_count(),
+                  "mesh_devices": engine.num_shards if engine.mesh else 0},
+  }

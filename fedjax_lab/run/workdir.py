@@ -1,0 +1,184 @@
+"""The run's directory: checked before anything is built, locked while used.
+
+`check_path` finds a workdir (or data dir) that cannot work in microseconds,
+before the data is loaded; `Lock` makes a second run on the same workdir fail
+at once, naming the holder; `check_resumable` compares the config with the
+one the workdir was started with.
+"""
+
+import fcntl
+import json
+import os
+import socket
+from typing import Any, Dict, Optional, Tuple
+
+from fedjax_lab.config_validation import ConfigError, show
+from fedjax_lab.run import progress
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = "run.lock"
+# The longest name a run writes below its workdir, with room to spare
+# (checkpoints/<step>.orbax-checkpoint-tmp-<ts>/state/ocdbt.process_0/...).
+_DEEPEST = 160
+
+# Fields that may differ between a run and its resumption: they change what
+# is logged or saved, not the trajectory. train.rounds may grow or shrink: the
+# lr schedule keeps the first run's horizon (inner.schedule_steps = 0).
+RESUMABLE_CHANGES = (
+    "train.eval_every", "train.checkpoint_every", "train.keep",
+    "train.log_every", "train.tensorboard", "train.nonfinite_policy",
+    "train.max_empty_rounds", "data.prefetch", "data.data_dir",
+    "data.eval_batches", "data.eval_batch_size", "mesh.num_devices",
+    "engine.replica_mode", "train.rounds",
+)
+
+
+def _existing_ancestor(path: str) -> str:
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def check_path(field: str, path: str, *, write: bool, depth: int = _DEEPEST
+               ) -> None:
+  """A directory that exists or can be made, readable (and writable).
+
+  Raises:
+    ConfigError: naming `field`, for a file in the way, missing permissions
+      or a path the filesystem cannot hold.
+  """
+  full = os.path.abspath(path)
+  ancestor = _existing_ancestor(full)
+  try:
+    name_max = os.pathconf(ancestor, "PC_NAME_MAX")
+    path_max = os.pathconf(ancestor, "PC_PATH_MAX")
+  except (OSError, ValueError):
+    name_max, path_max = 255, 4096
+  for part in full.split(os.sep):
+    if len(part.encode()) > name_max:
+      raise ConfigError(f"{field}: a path component is {len(part.encode())} "
+                        f"bytes long, the filesystem allows {name_max}: "
+                        f"{show(part, 60)}")
+  if len(full.encode()) + depth > path_max:
+    raise ConfigError(f"{field}: the path is {len(full.encode())} bytes long; "
+                      f"with what a run writes below it, it must stay under "
+                      f"{path_max - depth}")
+  if os.path.lexists(full) and not os.path.isdir(full):
+    raise ConfigError(f"{field}: {show(full, 200)} exists and is not a "
+                      "directory")
+  if not os.path.isdir(ancestor):
+    raise ConfigError(f"{field}: {show(ancestor, 200)} is not a directory, "
+                      f"so {show(full, 200)} cannot be made")
+  mode = os.R_OK | os.X_OK | (os.W_OK if write else 0)
+  if full == ancestor and not os.access(full, mode):
+    raise ConfigError(f"{field}: {show(full, 200)} is not "
+                      f"{'writable' if write else 'readable'} by this user")
+  if full != ancestor and not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ConfigError(f"{field}: {show(full, 200)} does not exist and "
+                      f"{show(ancestor, 200)} is not writable, so it cannot "
+                      "be made")
+
+
+class Lock:
+  """An exclusive lock on `workdir/run.lock`, held while a run uses it.
+
+  flock is released by the kernel when the process dies (SIGKILL included),
+  so a killed run never leaves a stale lock behind.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._file = None
+
+  def acquire(self) -> None:
+    """Takes the lock, or raises ConfigError naming the run that holds it."""
+    f = open(self.path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise ConfigError(
+          f"workdir: {os.path.dirname(self.path)} is in use by a running "
+          f"run ({holder}); wait for it to end, stop it, or use another "
+          "--workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    f.flush()
+    self._file = f
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and not key.endswith("hparams"):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _set_only(hparams):
+  return {k: v for k, v in (hparams or {}).items() if v is not None}
+
+
+def check_resumable(workdir: str, config) -> Optional[Dict[str, Any]]:
+  """The config a workdir was started with (None if new); it must match.
+
+  Raises:
+    ConfigError: a field that changes the trajectory differs.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"workdir: {path} cannot be read ({e}); use a new "
+                      "--workdir") from None
+  old = _flatten(raw)
+  new = _flatten(json.loads(config.to_json()))
+  for key in ("outer.hparams", "comm.hparams"):
+    old[key], new[key] = _set_only(old.get(key)), _set_only(new.get(key))
+  for key in sorted(set(old) | set(new)):
+    if old.get(key) != new.get(key):
+      if key in RESUMABLE_CHANGES:
+        progress.warn("resuming %s with %s changed: %r -> %r", workdir, key,
+                      old.get(key), new.get(key))
+        continue
+      raise ConfigError(
+          f"{key}: workdir {workdir} holds a run made with {key}="
+          f"{show(old.get(key))}, this config has {show(new.get(key))}; "
+          "resume with the same config or use a new --workdir")
+  return raw
+
+
+def schedule_horizon(config, started_with: Optional[Dict[str, Any]]
+                     ) -> Tuple[int, str]:
+  """inner.schedule_steps, resolved: (steps, where it came from)."""
+  if config.inner.schedule_steps:
+    return config.inner.schedule_steps, "inner.schedule_steps"
+  if started_with is not None:
+    rounds = started_with["train"]["rounds"]
+    return rounds * config.inner.steps, f"the first run's {rounds} rounds"
+  return config.train.rounds * config.inner.steps, "train.rounds"
+
+
+def write_config(workdir: str, config) -> None:
+  """config.json, once per workdir (the config the run was started with)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    with open(path + ".tmp", "w") as f:
+      f.write(config.to_json(indent=2))
+    os.replace(path + ".tmp", path)
