@@ -203,6 +203,8 @@ def test_local_epochs_take_ceil_n_over_b_times_e_steps():
                              prefetch=0) as loader:
     # By hand: ceil([1, 5, 8, 13] / 4) · 2 = [2, 4, 4, 8]; the step axis is 8.
     assert loader.inner_steps == 8
+    # Padding: 1 - mean([2, 4, 4, 8]) / 8 = 1 - 4.5 / 8 = 43.75%.
+    assert "steps 2/4/8, step axis H=8 (44% padding" in loader.describe()
     for r in range(3):
       rnd = next(loader)
       np.testing.assert_array_equal(rnd.num_steps, [2, 4, 4, 8])

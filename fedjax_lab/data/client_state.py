@@ -52,8 +52,11 @@ class ClientStateStore:
     self._leaves = []
     for leaf in leaves:
       leaf = np.asarray(leaf)
-      out = np.empty((self.num_clients,) + leaf.shape, leaf.dtype)
-      out[...] = leaf
+      if leaf.any():
+        out = np.empty((self.num_clients,) + leaf.shape, leaf.dtype)
+        out[...] = leaf
+      else:  # Zeros (the usual c_i = 0): calloc'd pages, touched on first use.
+        out = np.zeros((self.num_clients,) + leaf.shape, leaf.dtype)
       self._leaves.append(out)
 
   @property

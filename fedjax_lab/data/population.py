@@ -263,6 +263,24 @@ class PopulationLoader(loader.RoundPrefetcher):
   def slot_ids(self):
     return list(self._slot_ids)
 
+  def describe(self) -> str:
+    """One line for the log: client sizes, steps, and the padded share.
+
+    The padded share is the part of the [M, H] slot-steps that are padding
+    when every client is equally likely: 1 - mean(num_steps_i) / H.
+    """
+    q = lambda x: "/".join(str(int(v)) for v in np.percentile(x, [0, 50, 100]))
+    steps = self.client_num_steps
+    work = (f"{self._epochs} local epochs" if self._epochs
+            else f"{self._max_steps} local steps")
+    return (f"population: {len(self._shards)} clients, "
+            f"{self._sampler.clients_per_round} per round "
+            f"({self._sampler.kind}), {work} of batch {self._batch_size}; "
+            f"examples per client {q(self.client_sizes)} (min/median/max), "
+            f"steps {q(steps)}, step axis H={self._max_steps} "
+            f"({100 * (1 - steps.mean() / self._max_steps):.0f}% padding "
+            f"expected)")
+
   def client_indices(self, client: int, round_index: int) -> np.ndarray:
     """Source indices client `client` reads in round `round_index`: [steps·B]."""
     b, steps = self._batch_size, int(self.client_num_steps[client])
