@@ -393,4 +393,9 @@ def client_partition(source, num_clients: Optional[int] = None,
   logging.info("client_partition %s: %d clients covering %d of %d examples; "
                "sizes min %d median %d max %d", method, len(shards),
                sizes.sum(), n, sizes.min(), int(np.median(sizes)), sizes.max())
+  try:
+    logging.info("client_partition %s: heterogeneity (mean JSD) %.5f", method,
+                 heterogeneity(source, shards))
+  except ValueError:
+    pass  # A plain source without histogram or labels: nothing to compare.
   return shards
