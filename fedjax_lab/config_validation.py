@@ -19,6 +19,7 @@ import copy
 import inspect
 import math
 import numbers
+import re
 import typing
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -300,6 +301,15 @@ def _check_open(prefix: str, owner: str, hp: Dict[str, Any], allowed) -> None:
                         f"{show(value)}")
 
 
+def _registry_error(prefix: str, hp: Dict[str, Any], error: Exception) -> str:
+  """A factory's refusal, under the name of the hparam it is about."""
+  text = " ".join(str(error).split())
+  words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+  named = [k for k in hp if k in words]
+  field = f"{prefix}.{named[0]}" if len(named) == 1 else prefix
+  return f"{field}: {text}"
+
+
 def check_registries(config) -> None:
   """The outer algorithm and compressor exist and accept their hparams."""
   name = config.outer.name
@@ -309,7 +319,7 @@ def check_registries(config) -> None:
   try:
     outer_lib.get(name, **hp)
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"outer.hparams: {e}") from None
+    raise ConfigError(_registry_error("outer.hparams", hp, e)) from None
   comp = config.comm.compressor
   chp = comm_hparams(config)
   _check_open("comm.hparams", f"compressor {comp!r}", chp,
@@ -317,7 +327,7 @@ def check_registries(config) -> None:
   try:
     compress_lib.get(comp, **chp)
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"comm.hparams: {e}") from None
+    raise ConfigError(_registry_error("comm.hparams", chp, e)) from None
 
 
 def check_consistency(config, *, device_count: int) -> None:
@@ -371,7 +381,7 @@ def validate(config, *, device_count: int) -> None:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
-  """A locked copy of `config` with dotted-key overrides applied.
+  """A copy of `config` with dotted-key overrides applied (locked while so).
 
   `ConfigDict.update_from_flattened_dict` does the work (so types are kept
   as ml_collections keeps them); a dict value for an open group
@@ -397,9 +407,25 @@ def apply_overrides(config: ml_collections.ConfigDict,
   for key, value in flat.items():
     try:
       config.update_from_flattened_dict({key: value})
-    except (KeyError, AttributeError, TypeError, ValueError) as e:
+    except TypeError:
+      raise ConfigError(_type_error(config, key, value)) from None
+    except (KeyError, AttributeError, ValueError) as e:
       raise ConfigError(override_error(config, key, e)) from None
+  config.unlock()
   return config
+
+
+def _type_error(config, key: str, value) -> str:
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  try:
+    expected = node.get_type(leaf).__name__
+  except Exception:  # pylint: disable=broad-except
+    expected = "another type"
+  return (f"{key}: must be {expected}, got {show(value)} "
+          f"({type(value).__name__})")
 
 
 def _lookup(config, key: str):

@@ -156,9 +156,8 @@ def test_validation_messages_in_process():
   with pytest.raises(config_validation.ConfigError, match="inner.learning_rate"):
     config_validation.validate(config, device_count=1)
   config = smoke.get_config()
-  config.train.fault.replica = 7
-  config.train.fault.round = 1
-  with pytest.raises(config_validation.ConfigError, match="train.fault.replica"):
+  config.train.seed = 2**32
+  with pytest.raises(config_validation.ConfigError, match="train.seed"):
     config_validation.validate(config, device_count=1)
   config = smoke.get_config()
   config.mesh.num_devices = 4
