@@ -141,8 +141,10 @@ def tfds_source(name: str, *, split: str, data_dir: Optional[str] = None):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   # TFDS reports absent data in several ways: DatasetNotFoundError (a
   # ValueError) for unknown names, NotImplementedError when no array_record
-  # files exist, AssertionError / OSError for partial directories.
-  except (ValueError, NotImplementedError, AssertionError, OSError) as e:
+  # files exist, AssertionError / OSError for partial directories, KeyError
+  # for a prepared directory whose dataset_info lists no such split.
+  except (ValueError, NotImplementedError, AssertionError, OSError,
+          KeyError) as e:
     raise ValueError(
         f"TFDS dataset {name!r} split {split!r} is not available as "
         f"array_record in data_dir={_resolved_data_dir(data_dir)!r} and this "

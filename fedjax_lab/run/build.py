@@ -193,6 +193,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   config = copy.deepcopy(config)
   config_validation.validate(config, device_count=jax.device_count())
   _check_dirs(config, workdir)
+  if jax.process_index() == 0:
+    workdir_lib.probe_lock(workdir)
   check_memory(config)
   train_src, eval_src = load_sources(config)
   kind = tasks_lib.kind(config.model.kind)

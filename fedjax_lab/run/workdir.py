@@ -80,6 +80,15 @@ def check_path(field: str, path: str, *, write: bool, depth: int = _DEEPEST
                       "be made")
 
 
+def probe_lock(workdir: str) -> None:
+  """Refuses at once (before data is loaded) when a run holds the workdir."""
+  path = os.path.join(workdir, LOCK_FILE)
+  if os.path.exists(path):
+    lock = Lock(workdir)
+    lock.acquire(record=False)
+    lock.release()
+
+
 class Lock:
   """An exclusive lock on `workdir/run.lock`, held while a run uses it.
 
@@ -91,7 +100,7 @@ class Lock:
     self.path = os.path.join(workdir, LOCK_FILE)
     self._file = None
 
-  def acquire(self) -> None:
+  def acquire(self, *, record: bool = True) -> None:
     """Takes the lock, or raises ConfigError naming the run that holds it."""
     f = open(self.path, "a+")
     try:
@@ -104,10 +113,11 @@ class Lock:
           f"workdir: {os.path.dirname(self.path)} is in use by a running "
           f"run ({holder}); wait for it to end, stop it, or use another "
           "--workdir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-    f.flush()
+    if record:
+      f.seek(0)
+      f.truncate()
+      f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+      f.flush()
     self._file = f
 
   def release(self) -> None:
