@@ -1,6 +1,6 @@
 """Every registry entry against an independent float64 numpy reference.
 
-The reference below re-derives each update rule from ../shared/ALGORITHMS.md
+The reference below re-derives each update rule from docs/algorithms.md
 by hand (no fedjax_lab or optax code): a linear-regression problem with
 heterogeneous replicas, inner SGD with heavy-ball momentum (so that resetting
 or keeping the inner state matters), 3 rounds; the global params after every
