@@ -157,7 +157,8 @@ class _Loop:
       self.last_train = row
       n_bad = int(mt["nonfinite_replicas"])
       self.meta["nonfinite_replicas"] += n_bad
-      if float(mt.get("participants", 1)) == 0:
+      if n_bad and float(mt.get("participants", 1)) == 0:
+        # Every replica that took part diverged (not: none was asked to).
         self.meta["empty_rounds"] += 1
         self.meta["empty_streak"] += 1
       else:
