@@ -264,7 +264,8 @@ def test_removes_client_drift_on_heterogeneous_least_squares():
     state = engine.init(init_params())
     for _ in range(rounds):
       state, _ = engine.round(state, batch)
-    got = np.r_[np.asarray(state.params["w"]), np.asarray(state.params["b"])[None]]
+    got = np.r_[np.asarray(state.params["w"]),
+                np.asarray(state.params["b"])[None]]
     errors[name] = np.abs(got - optimum).max()
   assert errors["scaffold"] < 1e-4, errors
   assert errors["fedavg"] > 0.1, errors

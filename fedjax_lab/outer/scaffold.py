@@ -5,13 +5,17 @@ Learning", Karimireddy, Kale, Mohri, Reddi, Stich, Suresh, arXiv 1910.06378
 Local steps y_i ← y_i − η_l·(g_i(y_i) − c_i + c); at the sync
 c_i⁺ = c_i − c + (x − y_i)/(K_i·η_l), x ← x − η_g·Δ (Δ = Σ_i w_i (x − y_i)),
 c ← c + (|S|/N)·mean_{i∈S} (c_i⁺ − c_i). The rule and its defaults are in
-docs/algorithms.md.
+docs/algorithms.md. Δ is weighted by examples (w_i) like every entry of the
+registry, which is the paper's mean over S when the work is equal; the mean
+of Δc_i is the paper's unweighted one.
 
 The engine keeps every replica's c_i in `TrainState.client_state` (sharded
 like the replicas, checkpointed), applies `correct_grad` to every inner
 gradient, and keeps the old c_i of a replica that did not take part (sat
 out, diverged or took 0 steps). The server's c is the outer state. A replica
-sends Δy_i and Δc_i: twice FedAvg's traffic (`comm_multiplier=2`).
+sends Δy_i and Δc_i: twice FedAvg's traffic (`comm_multiplier=2`). With a
+compressor configured only Δy_i goes through it; Δc_i is applied exactly
+but counted at Δy_i's compressed size.
 
 Option II assumes plain SGD inner steps with the known lr η_l: the inner
 optimizer must be `optax.sgd(local_lr)` without momentum, weight decay,
@@ -124,7 +128,7 @@ def scaffold(*, local_lr: Optional[float] = None,
 
 
 def _client_update(ci, c, x, y, k, eta_l):
-  """c_i⁺ = c_i − c + (x − y_i)/(K_i·η_l) on one leaf [m, ...]; c_i if K_i = 0."""
+  """c_i⁺ = c_i − c + (x − y_i)/(K_i·η_l) on a leaf [m, ...]; c_i if K_i = 0."""
   expand = lambda v: v.reshape(v.shape + (1,) * (ci.ndim - 1))
   drift = (x[None].astype(jnp.float32) - y.astype(jnp.float32)) / (
       expand(jnp.maximum(k, 1.0)) * eta_l)
