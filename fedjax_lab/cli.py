@@ -56,7 +56,7 @@ def load_config_file(spec: str):
 
 def _explain(argv: List[str], error: Exception) -> str:
   """One line naming the override that failed and what is allowed there."""
-  from fedjax_lab import config_validation  # pylint: disable=g-import-not-at-top
+  from fedjax_lab.run import overrides  # pylint: disable=g-import-not-at-top
   spec = _arg(argv, "config")
   if spec:
     try:
@@ -65,7 +65,7 @@ def _explain(argv: List[str], error: Exception) -> str:
       config = None
     if config is not None:
       for field in _overrides(argv):
-        text = config_validation.override_error(config, field, error)
+        text = overrides.override_error(config, field, error)
         if "unknown field" in text or "not a group" in text:
           return f"config: {text}"
   text = str(error).strip().strip("'\"")

@@ -126,3 +126,16 @@ def local_replica_ids(mesh: Optional[jax.sharding.Mesh], num_replicas: int,
       block = index[axis]
       ids.update(range(block * per_block, (block + 1) * per_block))
   return sorted(ids)
+
+
+def fetch_replicated(tree):
+  """device_get for replicated values, also when they span processes.
+
+  An array replicated over devices of several processes is not fully
+  addressable, but every local copy holds the whole value.
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

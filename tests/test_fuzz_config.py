@@ -13,7 +13,6 @@ import pytest
 from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
 from configs import smoke
 from fedjax_lab import cli
-from fedjax_lab import config_validation
 from fedjax_lab import run as run_lib
 
 NUM_CASES = 240
@@ -140,7 +139,7 @@ def test_every_generated_bad_config_is_one_line_naming_the_field_exit_2(
   for i, (overrides, field) in enumerate(generate()):
     workdir = tmp_path / f"case{i}"
     try:
-      config = config_validation.apply_overrides(base, overrides)
+      config = run_lib.apply_overrides(base, overrides)
       run_lib.train_and_evaluate(config, str(workdir))
     except run_lib.ConfigError as e:
       message = str(e)

@@ -12,9 +12,10 @@
 """
 
 from fedjax_lab.checkpoint import CheckpointError
-from fedjax_lab.config_validation import ConfigError, apply_overrides
+from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.run.build import Run, build_run
 from fedjax_lab.run.compare import check_base_overrides, run_comparison
+from fedjax_lab.run.overrides import apply_overrides, override_error
 from fedjax_lab.run.loop import Diverged, TrainingStopped, train_and_evaluate
 from fedjax_lab.run.progress import quiet_orbax_logs
 from fedjax_lab.run.schedule import make_inner_opt, make_schedule
@@ -23,6 +24,6 @@ from fedjax_lab.run.summary import versions
 __all__ = [
     "CheckpointError", "ConfigError", "Diverged", "Run", "TrainingStopped",
     "apply_overrides", "build_run", "check_base_overrides", "make_inner_opt",
-    "make_schedule", "quiet_orbax_logs", "run_comparison",
+    "make_schedule", "override_error", "quiet_orbax_logs", "run_comparison",
     "train_and_evaluate", "versions",
 ]

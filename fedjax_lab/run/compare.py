@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 from typing import Any, Dict, Iterable, List, Sequence
 
 import jax
@@ -11,6 +10,7 @@ import ml_collections
 from fedjax_lab import config_validation
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.run import progress
+from fedjax_lab.run.overrides import apply_overrides
 from fedjax_lab.run.loop import SUMMARY_FILE, TrainingStopped, train_and_evaluate
 
 
@@ -73,7 +73,7 @@ def run_comparison(base_config: ml_collections.ConfigDict,
   configs = []
   for arm in arms:  # Validate every arm before running any.
     try:
-      cfg = config_validation.apply_overrides(base_config,
+      cfg = apply_overrides(base_config,
                                               arm.get("overrides", {}))
       config_validation.validate(cfg, device_count=jax.device_count())
     except ConfigError as e:

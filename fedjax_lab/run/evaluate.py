@@ -5,22 +5,9 @@ from typing import Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedjax_lab import data as data_lib
-
-
-def fetch_replicated(tree):
-  """device_get for replicated values, also when they span processes.
-
-  An array replicated over devices of several processes is not fully
-  addressable, but every local copy holds the whole value.
-  """
-  def get(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-  return jax.tree.map(get, tree)
+from fedjax_lab.distributed import fetch_replicated
 
 
 class Evaluator:

@@ -38,7 +38,8 @@ from fedjax_lab.metrics import MetricsWriter, jsonable, write_json
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import workdir as workdir_lib
-from fedjax_lab.run.evaluate import Evaluator, fetch_replicated
+from fedjax_lab.distributed import fetch_replicated
+from fedjax_lab.run.evaluate import Evaluator
 from fedjax_lab.run.summary import make_summary
 
 SUMMARY_FILE = "summary.json"
