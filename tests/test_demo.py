@@ -302,3 +302,32 @@ def test_registry_entry_and_defaults():
   assert outer.hparams("demo") == {
       "learning_rate": 4e-4, "compression_decay": 0.999,
       "compression_topk": 32, "compression_chunk": 64, "weight_decay": 0.0}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+  """DeMo over 2 processes × 4 devices ≡ 1 process × 8 (tests/mp_worker.py)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def launch(procs, out):
+    cmd = [sys.executable, os.path.join(root, "experiments", "launch_local.py"),
+           f"--num_processes={procs}", f"--devices_per_process={8 // procs}",
+           "--timeout_seconds=180", "--", sys.executable,
+           os.path.join(root, "tests", "mp_worker.py"), "--algo=demo",
+           "--rounds=2", f"--out={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=210,
+                          cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+  launch(2, tmp_path / "two")
+  launch(1, tmp_path / "one")
+  for r in range(2):
+    with np.load(tmp_path / "two" / f"round{r}.npz") as a, \
+        np.load(tmp_path / "one" / f"round{r}.npz") as b:
+      for k in b:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
+  with np.load(tmp_path / "one" / "round1.npz") as b:
+    assert np.abs(b["w1"]).max() > 0
