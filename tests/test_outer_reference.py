@@ -198,4 +198,6 @@ def test_matches_numpy_reference(name, hp):
     got = np.concatenate([np.asarray(got["w"]), np.asarray(got["b"])[None]])
     np.testing.assert_allclose(got, expected[r], rtol=1e-5, atol=1e-5,
                                err_msg=f"{name} round {r}")
-  assert set(outer.names()) <= {n for n, _ in CASES}
+  # demo and scaffold have their own references (tests/test_demo.py,
+  # tests/test_scaffold.py).
+  assert set(outer.names()) - {"demo", "scaffold"} <= {n for n, _ in CASES}
