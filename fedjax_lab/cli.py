@@ -73,11 +73,39 @@ def _explain(argv: List[str], error: Exception) -> str:
       f"{type(error).__name__}: {text}")
 
 
+def _flat(config, prefix: str = ""):
+  for key in sorted(config.keys()):
+    value = config[key]
+    if hasattr(value, "keys"):
+      yield from _flat(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def config_help(spec: str) -> str:
+  """Every field of the config file `spec`, as --config.<field>=<value>."""
+  try:
+    config = load_config_file(spec)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"(--config={spec} cannot be loaded: {one_line(e)})"
+  lines = [f"Fields of --config={spec} (override any with "
+           "--config.<field>=value; None = unset, the algorithm's default):"]
+  lines += [f"  --config.{k}={v!r}" for k, v in _flat(config)]
+  return "\n".join(lines)
+
+
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
 def parse_flags(argv):
   """absl's parser, but a bad flag or config override exits 2 with one line.
 
-  For `app.run(main, flags_parser=parse_flags)`.
+  With --help and a --config, the config's fields are listed first. For
+  `app.run(main, flags_parser=parse_flags)`.
   """
+  spec = _arg(list(argv), "config")
+  if spec and any(a in _HELP for a in argv):
+    print(config_help(spec) + "\n")
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except

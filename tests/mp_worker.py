@@ -70,7 +70,7 @@ def main():
     values = {k: fetch(v) for k, v in state.params.items()}
     values.update({"rep_" + k: fetch(v)
                    for k, v in state.replica_params.items()})
-    if distributed.is_main_process():
+    if jax.process_index() == 0:  # Process 0 writes.
       np.savez(os.path.join(args.out, "restored.npz"), **values)
   r = 0
   while r < args.rounds or args.stall_after >= 0:
@@ -81,7 +81,7 @@ def main():
     state, metrics = engine.round(state, batch)
     loss = float(metrics["loss"])
     values = {k: fetch(v) for k, v in state.params.items()}
-    if distributed.is_main_process():
+    if jax.process_index() == 0:  # Process 0 writes.
       np.savez(os.path.join(args.out, f"round{r}.npz"), **values)
       print(f"round {r} loss {loss:.6f}", flush=True)
     r += 1

@@ -399,8 +399,11 @@ def test_print_config_and_list_algorithms(tmp_path, data_dir):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "diloco: learning_rate=0.7" in proc.stdout
   assert "int8:" in proc.stdout and "ef=False" in proc.stdout
-  proc = run_cli("run.py", ["--help"], data_dir=data_dir)
-  assert "--print_config" in proc.stdout + proc.stderr
+  proc = run_cli("run.py", [SMOKE, "--help"], data_dir=data_dir)
+  out = proc.stdout + proc.stderr
+  assert "--print_config" in out and "--list_algorithms" in out
+  assert "--config.inner.learning_rate=0.003" in out
+  assert "--config.comm.hparams.ef=None" in out
 
 
 # 13. A mesh on a single device compiles the round once.
