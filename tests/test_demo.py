@@ -282,6 +282,23 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
   assert np.abs(np.asarray(resumed.comm_state.residual["w"])).max() > 0
 
 
+def test_nonfinite_replica_is_the_same_as_sitting_out():
+  m = 3
+  clean = make_batch(m, 1, 0)
+  bad = jax.tree.map(np.copy, clean)
+  bad["x"][1, 0, 0, 0] = np.nan
+  results = []
+  for batch, mask in ((bad, None), (clean, [True, False, True])):
+    engine = engine_for(demo_algo(), m, 1)
+    state = engine.init(init_params())
+    state, metrics = engine.round(state, make_batch(m, 1, 1))
+    state, metrics = engine.round(state, batch, mask=mask)
+    results.append(jax.tree.map(np.asarray, (state.params, state.comm_state)))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("hp,field", [
     ({"compression_topk": 0}, "compression_topk"),
     ({"compression_topk": 2.5}, "compression_topk"),

@@ -171,6 +171,24 @@ def test_controls_forced_to_zero_is_fedavg():
   assert np.abs(c[2]["w"] - b[2]["w"]).max() > 1e-3
 
 
+def test_nonfinite_replica_is_the_same_as_sitting_out():
+  m = 4
+  algo = outer.get("scaffold", local_lr=LOCAL_LR)
+  bad = make_batch(m, 1)
+  bad["x"][2, 1, 0, 0] = np.inf  # Replica 2 diverges in round 2.
+  results = []
+  for batch, mask in ((bad, None), (make_batch(m, 1), [True, True, False,
+                                                      True])):
+    engine = make_engine(algo, m)
+    state, _ = engine.round(engine.init(init_params()), make_batch(m, 0))
+    state, _ = engine.round(state, batch, mask=mask)
+    results.append(jax.tree.map(np.asarray, (state.params, state.client_state,
+                                             state.outer_state)))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("devices", [8, 4])
 def test_sharded_equals_vmapped(devices):
   m = 8
