@@ -282,6 +282,14 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
   assert np.abs(np.asarray(resumed.comm_state.residual["w"])).max() > 0
 
 
+def test_later_rounds_do_not_recompile():
+  engine = engine_for(demo_algo(), 2, 2)
+  state = engine.init(init_params())
+  for r, mask in enumerate(([True, True], [True, False], [False, True])):
+    state, _ = engine.round(state, make_batch(2, 2, r), mask=mask)
+  assert engine.compiled_rounds() == 1
+
+
 def test_nonfinite_replica_is_the_same_as_sitting_out():
   m = 3
   clean = make_batch(m, 1, 0)

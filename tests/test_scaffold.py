@@ -171,6 +171,16 @@ def test_controls_forced_to_zero_is_fedavg():
   assert np.abs(c[2]["w"] - b[2]["w"]).max() > 1e-3
 
 
+def test_later_rounds_do_not_recompile():
+  engine = make_engine(outer.get("scaffold", local_lr=LOCAL_LR), 4)
+  state = engine.init(init_params())
+  # (Straggler rounds compile their own program, once: see the engine.)
+  for r, mask in enumerate(([True] * 4, [True, False, True, True],
+                            [False, True, True, True])):
+    state, _ = engine.round(state, make_batch(4, r), mask=mask)
+  assert engine.compiled_rounds() == 1
+
+
 def test_nonfinite_replica_is_the_same_as_sitting_out():
   m = 4
   algo = outer.get("scaffold", local_lr=LOCAL_LR)
