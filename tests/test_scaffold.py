@@ -260,10 +260,13 @@ def test_bad_hparams_name_the_field(hp, match):
 
 @pytest.mark.parametrize("args,kwargs,field", [
     (("adamw",), {}, "inner.optimizer"),
-    (("sgd", "cosine"), {}, "inner.schedule"),
+    (("sgd",), {"decay": "cosine"}, "inner.decay"),
+    (("sgd",), {"warmup_steps": 50}, "inner.warmup_steps"),
     (("sgd",), {"momentum": 0.9}, "inner.momentum"),
     (("sgd",), {"weight_decay": 0.1}, "inner.weight_decay"),
     (("sgd",), {"grad_clip": 1.0}, "inner.grad_clip"),
+    (("sgd",), {"learning_rate": 0.1, "local_lr": 0.2},
+     "outer.hparams.local_lr.*inner.learning_rate"),
 ])
 def test_check_inner_names_the_field(args, kwargs, field):
   with pytest.raises(ValueError, match=field):
@@ -271,7 +274,9 @@ def test_check_inner_names_the_field(args, kwargs, field):
 
 
 def test_check_inner_accepts_plain_sgd():
-  outer.check_scaffold_inner("sgd", "constant")
+  outer.check_scaffold_inner("sgd", decay="constant", warmup_steps=0,
+                             weight_decay=0.0, grad_clip=0.0,
+                             learning_rate=0.1, local_lr=0.1)
 
 
 def test_removes_client_drift_on_heterogeneous_least_squares():

@@ -49,19 +49,24 @@ def correct_grad(grads, client_control, state: ScaffoldState):
       grads, client_control, state.control)
 
 
-def check_inner(optimizer: str, schedule: str = "constant", *,
-                momentum: float = 0.0, weight_decay: float = 0.0,
-                grad_clip: float = 0.0) -> None:
+def check_inner(optimizer: str, *, decay: str = "constant",
+                warmup_steps: int = 0, weight_decay: float = 0.0,
+                grad_clip: float = 0.0, momentum: float = 0.0,
+                learning_rate: Optional[float] = None,
+                local_lr: Optional[float] = None) -> None:
   """Raises a ValueError unless the inner steps are plain constant-lr SGD.
 
-  For the run layer: SCAFFOLD's option II turns (x − y_i)/(K_i·η_l) into an
-  average gradient, which only holds for SGD steps of a known, constant lr.
+  For the run layer (config fields `inner.*`, `outer.hparams.local_lr`):
+  option II turns (x − y_i)/(K_i·η_l) into an average corrected gradient,
+  which holds only for plain SGD steps of a known, constant lr.
 
   Args:
-    optimizer: the config's `inner.optimizer` name (must be 'sgd').
-    schedule: the config's `inner.schedule` / lr decay name (must be
-      'constant'; warm-up must be off too, the caller's business).
-    momentum, weight_decay, grad_clip: must be 0.
+    optimizer: `inner.optimizer`, must be 'sgd'.
+    decay: `inner.decay`, must be 'constant'.
+    warmup_steps, weight_decay, grad_clip, momentum: `inner.*`, must be 0.
+    learning_rate: `inner.learning_rate`; when given with `local_lr`, the two
+      must be equal.
+    local_lr: `outer.hparams.local_lr`.
 
   Raises:
     ValueError: naming the config field.
@@ -69,15 +74,20 @@ def check_inner(optimizer: str, schedule: str = "constant", *,
   if optimizer != "sgd":
     raise ValueError(f"inner.optimizer: scaffold needs plain SGD inner steps "
                      f"(option II divides by K·local_lr), got {optimizer!r}")
-  if schedule != "constant":
-    raise ValueError(f"inner.schedule: scaffold needs a constant inner "
-                     f"learning rate equal to local_lr, got {schedule!r}")
-  for field, value in (("inner.momentum", momentum),
+  if decay != "constant":
+    raise ValueError(f"inner.decay: scaffold needs a constant inner learning "
+                     f"rate equal to local_lr, got {decay!r}")
+  for field, value in (("inner.warmup_steps", warmup_steps),
                        ("inner.weight_decay", weight_decay),
-                       ("inner.grad_clip", grad_clip)):
+                       ("inner.grad_clip", grad_clip),
+                       ("inner.momentum", momentum)):
     if value:
-      raise ValueError(f"{field}: scaffold needs plain SGD inner steps, "
-                       f"got {value!r} (must be 0)")
+      raise ValueError(f"{field}: scaffold needs plain constant-lr SGD inner "
+                       f"steps, got {value!r} (must be 0)")
+  if (learning_rate is not None and local_lr is not None and
+      learning_rate != local_lr):
+    raise ValueError(f"outer.hparams.local_lr: must equal inner.learning_rate "
+                     f"({learning_rate!r}), got {local_lr!r}")
 
 
 def scaffold(*, local_lr: Optional[float] = None,
