@@ -413,3 +413,9 @@ def test_error_feedback_refuses_a_compressor_with_its_own_aggregate():
   with pytest.raises(ValueError, match="own aggregate"):
     compress.error_feedback(c)
   assert compress.get("int8").aggregate is None  # The engine's weighted mean.
+
+
+def test_collective_of_sparse_messages_is_all_gather():
+  assert compress.get("int8", ef=True).collective == "all_reduce"
+  assert compress.get("dct_topk").collective == "all_gather"
+  assert compress.get("dct_topk", ef=True).collective == "all_gather"

@@ -324,6 +324,8 @@ def test_bad_hparams_name_the_field(hp, field):
 def test_registry_entry_and_defaults():
   algo = outer.get("demo")
   assert algo.data_parallel and algo.name == "demo"
+  # Sparse messages with different indices per replica: all-gathered.
+  assert algo.step_compressor.collective == "all_gather"
   assert outer.hparams("demo") == {
       "learning_rate": 4e-4, "compression_decay": 0.999,
       "compression_topk": 32, "compression_chunk": 64, "weight_decay": 0.0}

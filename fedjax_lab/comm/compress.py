@@ -61,11 +61,18 @@ class Compressor(NamedTuple):
     `ops.weighted_sum(sent, weights)` of the decoded values. A compressor
     with its own aggregate may send something other than decoded values
     (e.g. DeMo's sparse DCT coefficients, `fedjax_lab.comm.dct`).
+  collective: how the messages would travel on a real network, for the byte
+    accounting: "all_reduce" (dense messages that can be summed on the way:
+    a ring moves 2·(M − 1)/M of the payload per replica) or "all_gather"
+    (sparse messages whose indices differ between replicas cannot be summed
+    on the way: every replica receives the M − 1 others, (M − 1)× the
+    payload).
   """
   init: Callable[[Params], Any]
   compress: Callable[[Updates, Any, PRNGKey], Tuple[Updates, Any]]
   payload_bytes: Callable[[Params], int]
   aggregate: Optional[Callable[[Any, jax.Array, Any], Updates]] = None
+  collective: str = "all_reduce"
 
 
 def tree_bytes(tree: Params, bits_per_element: float = 32.0) -> int:
@@ -513,7 +520,8 @@ def error_feedback(compressor: Compressor) -> Compressor:
     return decoded, new_state
 
   return Compressor(init=init, compress=compress,
-                    payload_bytes=compressor.payload_bytes)
+                    payload_bytes=compressor.payload_bytes,
+                    collective=compressor.collective)
 
 
 def dct_topk(*, chunk: int = 64, topk: int = 32) -> Compressor:
@@ -544,7 +552,7 @@ def dct_topk(*, chunk: int = 64, topk: int = 32) -> Compressor:
 
   return Compressor(init=lambda params: (), compress=compress,
                     payload_bytes=lambda params: dct_lib.tree_bytes(
-                        params, chunk, topk))
+                        params, chunk, topk), collective="all_gather")
 
 
 _REGISTRY = {

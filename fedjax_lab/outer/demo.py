@@ -66,7 +66,7 @@ def residual_compressor(*, learning_rate: float, decay: float, chunk: int,
   return compress_lib.Compressor(
       init=init, compress=compress,
       payload_bytes=lambda params: dct.tree_bytes(params, chunk, topk),
-      aggregate=dct.mean_over_senders)
+      aggregate=dct.mean_over_senders, collective="all_gather")
 
 
 def sign_sgd(learning_rate: float,
