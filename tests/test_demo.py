@@ -314,6 +314,8 @@ def test_nonfinite_replica_is_the_same_as_sitting_out():
     ({"compression_decay": 1.0}, "compression_decay"),
     ({"compression_decay": -0.1}, "compression_decay"),
     ({"learning_rate": 0.0}, "learning_rate"),
+    # η is a fixed float: it scales what enters the residual (no schedules).
+    ({"learning_rate": optax.constant_schedule(1e-3)}, "learning_rate"),
     ({"weight_decay": -1.0}, "weight_decay"),
 ])
 def test_bad_hparams_name_the_field(hp, field):
