@@ -26,3 +26,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   assert not [o for o in outputs if o.output_type == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 2
+  # Progress shows in the notebook (absl hides INFO there).
+  streams = "".join(o.get("text", "") for o in outputs
+                    if o.output_type == "stream")
+  assert "ETA" in streams and "round " in streams
