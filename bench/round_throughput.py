@@ -1,18 +1,24 @@
-r"""Round throughput: M replicas vs one big-batch model, and the outer step's share.
+r"""Round throughput: M replicas vs the compute bound, in both replica modes.
 
-Measured in one run on one device (ratios, never absolute targets):
+Everything is measured in one run on one device, as ratios against a reference
+measured in the same run (never an absolute target):
 
-1. tokens/s of an engine round (M replicas, batch B each, H inner steps,
-   DiLoCo outer step) vs one model taking the same H steps at batch M·B
-   (a plain jitted `lax.scan` of AdamW steps): the cost of keeping replicas.
-   Target: ≥ 0.95×.
-2. The share of a round spent in the outer step (Δ, average, Nesterov, restart)
-   at H = 10, 50, 100, timing the sync alone with the same jit machinery.
-   Target: ≤ 1% at H = 100.
+* the compute bound: ONE model taking the same H inner steps at batch M·B in
+  one jit (`lax.scan`), batches handed over from host numpy like the engine's;
+* `Engine.round` with the replicas vmapped ('vmap') or run one after another
+  ('sequential'), ms per round (median, interleaved repeats), the ratio to the
+  bound, and the compiled program's memory (`memory_analysis()`: arguments +
+  temporaries);
+* the outer step's share of a round at H = 100 (the sync alone, timed with the
+  same jit machinery).
+
+Workloads (issue 9): a 784-256-10 ReLU MLP (softmax cross-entropy, FedAvg,
+inner SGD lr 0.1, B = 32, H = 10) at M = 1, 8, 64, and the byte-level LM
+(DiLoCo, inner AdamW) at M = 4, 16.
 
 Run:
-  python bench/round_throughput.py                       # default LM shape
-  python bench/round_throughput.py --replicas=4 --batch=8 --steps=10,50,100
+  python bench/round_throughput.py                  # the whole table
+  python bench/round_throughput.py --quick          # M = 1, 8 MLP only
 """
 
 import argparse
@@ -25,18 +31,15 @@ import numpy as np
 import optax
 
 import fedjax_lab
-from fedjax_lab import engine as engine_lib
 from fedjax_lab import models
+from fedjax_lab import replicas as rep_lib
 
 
 def _time(fns, repeats):
-  """Median wall seconds of each fn() (each blocks until its result is ready).
-
-  The functions are timed in turn, `repeats` times round, so that slow drifts
-  of the machine (frequency, other load) hit all of them alike.
-  """
+  """Median wall seconds of each fn(), timed in turn so drifts hit all alike."""
   for fn in fns:
-    fn()  # Warm-up / compile.
+    fn()  # Compile and warm up.
+    fn()
   times = [[] for _ in fns]
   for _ in range(repeats):
     for fn, ts in zip(fns, times):
@@ -46,96 +49,183 @@ def _time(fns, repeats):
   return [statistics.median(ts) for ts in times]
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--replicas", type=int, default=4)
-  parser.add_argument("--batch", type=int, default=8, help="per replica")
-  parser.add_argument("--steps", default="10,50,100", help="H values")
-  parser.add_argument("--d_model", type=int, default=128)
-  parser.add_argument("--num_layers", type=int, default=2)
-  parser.add_argument("--seq_len", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args()
+def mlp_workload():
+  """784-256-10 ReLU MLP with softmax cross-entropy."""
+  def init(rng):
+    k1, k2 = jax.random.split(rng)
+    return {"w1": jax.random.normal(k1, (784, 256)) * 0.05,
+            "b1": jnp.zeros(256),
+            "w2": jax.random.normal(k2, (256, 10)) * 0.05,
+            "b2": jnp.zeros(10)}
 
-  m, b, l = args.replicas, args.batch, args.seq_len
-  task = models.lm_task(d_model=args.d_model, num_layers=args.num_layers,
-                        seq_len=l)
-  params = task.init(jax.random.PRNGKey(0))
-  inner_opt = optax.adamw(4e-4, weight_decay=0.1)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; "
-        f"model: {task.num_params:,} params, d_model={args.d_model}, "
-        f"layers={args.num_layers}, seq_len={l}; M={m}, B={b}")
+  def loss_fn(params, batch, rng):
+    del rng
+    h = jax.nn.relu(batch["image"] @ params["w1"] + params["b1"])
+    logits = h @ params["w2"] + params["b2"]
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+
+  def make_batch(rs, lead):
+    return {"image": rs.rand(*lead, 784).astype(np.float32),
+            "label": rs.randint(0, 10, size=lead).astype(np.int32)}
+
+  return dict(name="MLP 784-256-10", init=init, loss_fn=loss_fn,
+              make_batch=make_batch, inner_opt=optax.sgd(0.1), outer="fedavg",
+              batch=32)
+
+
+def lm_workload(d_model, num_layers, seq_len):
+  task = models.lm_task(d_model=d_model, num_layers=num_layers,
+                        seq_len=seq_len)
+
+  def make_batch(rs, lead):
+    return {"tokens": rs.randint(0, 256, size=lead + (seq_len + 1,)).astype(
+        np.int32)}
+
+  return dict(name=f"LM d{d_model} L{num_layers} seq{seq_len} "
+                   f"({task.num_params:,} params)",
+              init=task.init, loss_fn=task.loss_fn, make_batch=make_batch,
+              inner_opt=optax.adamw(4e-4, weight_decay=0.1), outer="diloco",
+              batch=4)
+
+
+def _memory(compiled) -> float:
+  """MiB of a compiled program's arguments and temporaries."""
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return float("nan")
+  return (ma.argument_size_in_bytes + ma.temp_size_in_bytes) / 2**20
+
+
+def bound_round_fn(w, h):
+  """One model, batch M·B, the same H steps in one jit."""
+  opt = w["inner_opt"]
+
+  def step(carry, batch_t):
+    p, o = carry
+    def loss(p_):
+      out = w["loss_fn"](p_, batch_t, None)
+      return out[0] if isinstance(out, tuple) else out
+
+    loss, grads = jax.value_and_grad(loss)(p)
+    updates, o = opt.update(grads, o, p)
+    return (optax.apply_updates(p, updates), o), loss
+
+  @jax.jit
+  def run(p, o, batch_h):
+    (p, o), losses = jax.lax.scan(step, (p, o), batch_h)
+    return p, o, losses.mean()
+
+  return run
+
+
+def measure(w, m, h, repeats, modes):
+  """ms per round of the bound and of each mode, their ratio and memory."""
   rs = np.random.RandomState(0)
-  rows = []
-  for h in [int(s) for s in args.steps.split(",")]:
-    tokens = rs.randint(0, 256, size=(m, h, b, l + 1)).astype(np.int32)
-    batch = {"tokens": tokens}
-    big_batch = {"tokens": jnp.asarray(
-        tokens.transpose(1, 0, 2, 3).reshape(h, m * b, l + 1))}
+  b = w["batch"]
+  params = w["init"](jax.random.PRNGKey(0))
+  host_batch = w["make_batch"](rs, (m, h, b))
+  big_batch = jax.tree.map(
+      lambda x: np.ascontiguousarray(
+          x.swapaxes(0, 1).reshape((h, m * b) + x.shape[3:])), host_batch)
+  bound = bound_round_fn(w, h)
+  big = {"p": params, "o": w["inner_opt"].init(params)}
 
-    engine = fedjax_lab.Engine(task.loss_fn, inner_opt=inner_opt,
-                               outer=fedjax_lab.outer.get("diloco"),
-                               num_replicas=m, inner_steps=h)
+  def bound_round():
+    big["p"], big["o"], loss = bound(big["p"], big["o"], big_batch)
+    jax.block_until_ready(loss)
+
+  fns, engines = [bound_round], {}
+  for mode in modes:
+    engine = fedjax_lab.Engine(w["loss_fn"], inner_opt=w["inner_opt"],
+                               outer=w["outer"], num_replicas=m,
+                               inner_steps=h, replica_mode=mode)
     holder = {"state": engine.init(params)}
-    device_batch = jax.device_put(batch)
 
-    def replicas_round():
-      holder["state"], metrics = engine.round(holder["state"], device_batch)
+    def engine_round(engine=engine, holder=holder):
+      holder["state"], metrics = engine.round(holder["state"], host_batch)
       jax.block_until_ready(metrics["loss"])
 
-    # The reference: one model, batch M·B, the same H AdamW steps in one jit.
-    def big_step(carry, batch_t):
-      p, o = carry
-      (loss, _), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
-          p, batch_t, None)
-      updates, o = inner_opt.update(grads, o, p)
-      return (optax.apply_updates(p, updates), o), loss
+    fns.append(engine_round)
+    engines[mode] = (engine, holder)
+  times = _time(fns, repeats)
+  out = {"bound_ms": 1e3 * times[0],
+         "bound_mib": _memory(bound.lower(big["p"], big["o"], big_batch)
+                              .compile())}
+  for (mode, (engine, holder)), t in zip(engines.items(), times[1:]):
+    assert engine.compiled_rounds() == 1, (mode, engine.compiled_rounds())
+    out[mode] = {"ms": 1e3 * t, "ratio": t / times[0],
+                 "mib": _memory(engine.lower_round(holder["state"], host_batch)
+                                .compile())}
+  return out
 
-    @jax.jit
-    def big_round(p, o, batch_h):
-      (p, o), losses = jax.lax.scan(big_step, (p, o), batch_h)
-      return p, o, losses.mean()
 
-    big = {"p": params, "o": inner_opt.init(params)}
+def outer_share(w, m, h, repeats):
+  """The sync alone as a share of a whole round (sequential mode)."""
+  rs = np.random.RandomState(1)
+  params = w["init"](jax.random.PRNGKey(0))
+  engine = fedjax_lab.Engine(w["loss_fn"], inner_opt=w["inner_opt"],
+                             outer=w["outer"], num_replicas=m, inner_steps=h)
+  holder = {"state": engine.init(params)}
+  host_batch = w["make_batch"](rs, (m, h, w["batch"]))
 
-    def big_batch_round():
-      big["p"], big["o"], loss = big_round(big["p"], big["o"], big_batch)
-      jax.block_until_ready(loss)
+  def full_round():
+    holder["state"], metrics = engine.round(holder["state"], host_batch)
+    jax.block_until_ready(metrics["loss"])
 
-    # The outer step alone: what a round adds on top of the inner steps.
-    ops_holder = {}
+  @jax.jit
+  def sync_only(state):
+    ops = rep_lib.local_ops(m)
+    ok = jnp.ones([m], bool)
+    keys = jax.random.split(jax.random.PRNGKey(1), m)
+    out = engine._sync(  # pylint: disable=protected-access
+        state.params, state.outer_state, state.replica_params,
+        state.comm_state, state.client_state, ok, jnp.ones([m], jnp.float32),
+        jnp.full([m], h, jnp.int32), keys, jax.random.PRNGKey(2), ops)
+    return out[0]
 
-    @jax.jit
-    def sync_only(state):
-      ops = engine_lib._local_ops(m)  # pylint: disable=protected-access
-      ok = jnp.ones([m], bool)
-      out = engine._sync(engine.outer, state.params, state.outer_state,  # pylint: disable=protected-access
-                         state.replica_params, state.comm_state, ok,
-                         jnp.ones([m], jnp.float32),
-                         jax.random.split(jax.random.PRNGKey(1), m),
-                         jax.random.PRNGKey(2), ops)
-      return out[0]
+  def outer_step():
+    jax.block_until_ready(sync_only(holder["state"]))
 
-    def outer_step():
-      ops_holder["g"] = sync_only(holder["state"])
-      jax.block_until_ready(ops_holder["g"])
+  t_round, t_sync = _time([full_round, outer_step], repeats)
+  return t_sync / t_round
 
-    t_rep, t_big, t_sync = _time(
-        [replicas_round, big_batch_round, outer_step], args.repeats)
-    n_tokens = m * h * b * l
-    rows.append((h, n_tokens / t_rep, n_tokens / t_big, t_big / t_rep,
-                 t_sync / t_rep))
-    assert engine.compiled_rounds() == 1
 
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--lm_d_model", type=int, default=64)
+  parser.add_argument("--lm_layers", type=int, default=2)
+  parser.add_argument("--lm_seq_len", type=int, default=64)
+  args = parser.parse_args()
+  modes = ("vmap", "sequential")
+  mlp = mlp_workload()
+  lm = lm_workload(args.lm_d_model, args.lm_layers, args.lm_seq_len)
+  plan = [(mlp, 1), (mlp, 8)] if args.quick else [
+      (mlp, 1), (mlp, 8), (mlp, 64), (lm, 4), (lm, 16)]
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}; H = 10; auto mode here = "
+        f"{fedjax_lab.engine.default_replica_mode()}")
   print()
-  print("| H | replicas tok/s | big-batch tok/s | replicas / big-batch | "
-        "outer step share of round |")
-  print("|---|---|---|---|---|")
-  for h, rep, big_, ratio, share in rows:
-    print(f"| {h} | {rep:,.0f} | {big_:,.0f} | {ratio:.3f}x | {100 * share:.2f}% |")
+  print("| workload | M | bound ms | vmap ms | vmap / bound | sequential ms | "
+        "sequential / bound | bound MiB | vmap MiB | sequential MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for w, m in plan:
+    r = measure(w, m, 10, args.repeats, modes)
+    v, s = r["vmap"], r["sequential"]
+    print(f"| {w['name']} | {m} | {r['bound_ms']:.1f} | {v['ms']:.1f} | "
+          f"{v['ratio']:.2f}x | {s['ms']:.1f} | {s['ratio']:.2f}x | "
+          f"{r['bound_mib']:.1f} | {v['mib']:.1f} | {s['mib']:.1f} |",
+          flush=True)
   print()
-  print("targets: replicas >= 0.95x the big-batch model; outer step <= 1% "
-        "of a round at H = 100")
+  for w, m in [(mlp, 8)] + ([] if args.quick else [(lm, 4)]):
+    share = outer_share(w, m, 100, max(3, args.repeats // 2))
+    print(f"outer step share of a round at H = 100, {w['name']}, M = {m}: "
+          f"{100 * share:.2f}%")
+  print()
+  print("targets: best mode <= 1.3x the bound (MLP), <= 1.15x (LM); outer "
+        "step <= 1% of a round at H = 100")
 
 
 if __name__ == "__main__":

@@ -362,8 +362,12 @@ class Engine:
       active = t < num_steps
       if self.replica_mode == "sequential":
         shapes = jax.eval_shape(take_step, p, o, b, t)
-        skip = lambda p, o, b, t: (p, o) + tuple(jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:]))
+        # Zeros typed like the replica's own values (varying over the mesh
+        # axis inside shard_map, as the taken branch's are).
+        zero = lambda s: jnp.zeros(s.shape, s.dtype) + jnp.zeros_like(
+            num_steps, s.dtype)
+        skip = lambda p, o, b, t: (p, o) + tuple(jax.tree.map(zero,
+                                                              shapes[2:]))
         p, o, loss, aux = jax.lax.cond(active, take_step, skip, p, o, b, t)
       else:
         p_new, o_new, loss, aux = take_step(p, o, b, t)
@@ -686,6 +690,25 @@ class Engine:
       `payload_bytes`, `ring_bytes` and `peak_payload_bytes` (per
       participating replica, this round).
     """
+    args, stragglers = self._round_args(batch, mask, num_examples, num_steps)
+    if self._round_jit is None:
+      self._round_jit = self._build_round(state)
+    state, metrics = self._round_jit(state, *args, stragglers=stragglers)
+    if self._round_comm_bytes is None:
+      self._round_comm_bytes = self.comm_bytes(state.params)
+    metrics = {**metrics, **self._round_comm_bytes}
+    return state, metrics
+
+  def lower_round(self, state: TrainState, batch: Batch, **round_kwargs):
+    """The round's program for these inputs, lowered (not run): `.compile()`
+    it for `.memory_analysis()` or `.cost_analysis()`."""
+    args, stragglers = self._round_args(batch, **round_kwargs)
+    if self._round_jit is None:
+      self._round_jit = self._build_round(state)
+    return self._round_jit.lower(state, *args, stragglers=stragglers)
+
+  def _round_args(self, batch, mask=None, num_examples=None, num_steps=None):
+    """Checks a round's inputs and places them on the mesh."""
     m, h = self.num_replicas, self.inner_steps
     leaves = jax.tree.leaves(batch)
     if not leaves:
@@ -715,16 +738,9 @@ class Engine:
     # Paying for skipped steps only in rounds that have stragglers: a second
     # program, compiled once, the first time one shows up.
     stragglers = bool(np.any(num_steps < h)) and not self.outer.data_parallel
-    if self._round_jit is None:
-      self._round_jit = self._build_round(state)
     put = self._put_replica_axis
-    state, metrics = self._round_jit(state, jax.tree.map(put, batch), put(mask),
-                                     put(num_examples), put(num_steps),
-                                     stragglers=stragglers)
-    if self._round_comm_bytes is None:
-      self._round_comm_bytes = self.comm_bytes(state.params)
-    metrics = {**metrics, **self._round_comm_bytes}
-    return state, metrics
+    return (jax.tree.map(put, batch), put(mask), put(num_examples),
+            put(num_steps)), stragglers
 
   def compiled_rounds(self) -> int:
     """How many distinct round programs have been compiled (1 after warm-up;

@@ -68,11 +68,15 @@ def local_ops(num_replicas: int) -> ReplicaOps:
   """Reductions when every replica is on this device."""
 
   def weighted_sum(tree, w):
-    # Elementwise multiply-and-sum rather than a dot: a dot would run at
-    # reduced precision on TPU by default.
+    # A contraction over the replica axis at full float32 precision (the
+    # default dot precision would be bf16 on TPU). Not `jnp.sum(w * x, 0)`:
+    # XLA:CPU reduces over a leading axis ~25x slower than it contracts
+    # (13.4 ms vs 0.5 ms for [8, 784, 256]).
+    w = w.astype(jnp.float32)
     return jax.tree.map(
-        lambda x: jnp.sum(w.reshape((-1,) + (1,) * (x.ndim - 1)).astype(
-            jnp.float32) * x.astype(jnp.float32), axis=0).astype(x.dtype), tree)
+        lambda x: jnp.tensordot(w, x.astype(jnp.float32), axes=1,
+                                precision=jax.lax.Precision.HIGHEST
+                                ).astype(x.dtype), tree)
 
   return ReplicaOps(num_replicas=num_replicas,
                     index=jnp.arange(num_replicas, dtype=jnp.int32),
