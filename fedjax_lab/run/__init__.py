@@ -8,7 +8,8 @@
   evaluate.py   evaluation on the held-out split
   summary.py    summary.json
   progress.py   progress lines with an ETA (terminal and notebook)
-  compare.py    comparisons: many arms, one report (fedjax_lab.plots)
+  compare.py    comparisons: many arms, run one after another
+  report.py     their report: results.md/.csv and the plots
 """
 
 from fedjax_lab.checkpoint import CheckpointError

@@ -1,4 +1,4 @@
-"""Comparisons: many arms of one config, run here, reported by `plots`."""
+"""Comparisons: many arms of one config, run here, reported by `report`."""
 
 import json
 import os
@@ -66,7 +66,7 @@ def run_comparison(base_config: ml_collections.ConfigDict,
   Returns:
     One result dict per arm (its summary plus 'name' and 'overrides').
   """
-  from fedjax_lab import plots  # pylint: disable=g-import-not-at-top
+  from fedjax_lab.run import report  # pylint: disable=g-import-not-at-top
   names = [a["name"] for a in arms]
   if len(set(names)) != len(names):
     raise ConfigError(f"sweep: arm names must be unique, got {names}")
@@ -103,5 +103,5 @@ def run_comparison(base_config: ml_collections.ConfigDict,
                  progress.fmt_time(clock.elapsed() / (i + 1)
                                    * (len(arms) - i - 1)))
   if jax.process_index() == 0:
-    plots.write_report(results, workdir)
+    report.write_report(results, workdir)
   return results
