@@ -419,3 +419,18 @@ def test_single_device_mesh_compiles_once(tmp_path, data_dir):
   summary = strict_json((workdir / "summary.json").read_text())
   assert summary["devices"]["mesh_devices"] == 1
   assert summary["compiled_rounds"] == 1
+
+
+def test_workdirs_of_the_previous_schema_still_resume(tmp_path):
+  from fedjax_lab.run import workdir  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  old = json.loads(config.to_json())
+  del old["inner"]["schedule_steps"], old["train"]["max_empty_rounds"]
+  del old["engine"]
+  old["train"]["fault"] = {"round": 0, "replica": 0}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert workdir.check_resumable(str(tmp_path), config) is not None
+  old["inner"]["learning_rate"] = 1.0
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  with pytest.raises(train.ConfigError, match="inner.learning_rate"):
+    workdir.check_resumable(str(tmp_path), config)

@@ -33,6 +33,13 @@ RESUMABLE_CHANGES = (
 )
 
 
+# Workdirs made before a field existed resume as if it had this value; fields
+# that were removed are ignored.
+_ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
+                 "engine.replica_mode": "auto"}
+_REMOVED_PREFIXES = ("train.fault.",)
+
+
 def _existing_ancestor(path: str) -> str:
   path = os.path.abspath(path)
   while not os.path.lexists(path):
@@ -161,6 +168,9 @@ def check_resumable(workdir: str, config) -> Optional[Dict[str, Any]]:
   new = _flatten(json.loads(config.to_json()))
   for key in ("outer.hparams", "comm.hparams"):
     old[key], new[key] = _set_only(old.get(key)), _set_only(new.get(key))
+  for key, value in _ADDED_FIELDS.items():
+    old.setdefault(key, value)
+  old = {k: v for k, v in old.items() if not k.startswith(_REMOVED_PREFIXES)}
   for key in sorted(set(old) | set(new)):
     if old.get(key) != new.get(key):
       if key in RESUMABLE_CHANGES:
