@@ -251,11 +251,11 @@ def registry_hparams(group: str) -> Dict[str, type]:
       kind = _scalar_type(p)
       if kind is None:
         continue
-      if out.get(field) in (int, float) and kind in (int, float):
-        kind = float if float in (out[field], kind) else int
-      out.setdefault(field, kind)
-      if kind is float and out[field] is int:
-        out[field] = float
+      previous = out.get(field)
+      if previous is None:
+        out[field] = kind
+      elif {previous, kind} == {int, float}:
+        out[field] = float  # An int is a valid float, not the reverse.
   return out
 
 
