@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 150M model; this 0.1M-parameter byte LM trains fastest near 3e-3. b2 =
   # 0.99 and clipping at 1 follow the DiLoCo scaling-laws paper (2503.09799).
   config.inner = ml_collections.ConfigDict()
+  config.inner.optimizer = "adamw"  # 'adamw' (DiLoCo's), or 'sgd' (plain/momentum SGD, e.g. for scaffold).
   config.inner.steps = 25  # H: inner steps per round (ddp: steps per round, synced each).
   config.inner.batch_size = 16  # B: sequences per replica per inner step.
   config.inner.learning_rate = 3e-3  # Peak inner learning rate.
@@ -73,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.inner.eps = 1e-8  # Adam ε.
   config.inner.weight_decay = 0.1  # Decoupled weight decay (DiLoCo: 0.1).
   config.inner.grad_clip = 1.0  # Global-norm gradient clipping; 0 = off.
+  config.inner.momentum = 0.0  # inner.optimizer='sgd' only: heavy-ball momentum; 0 = plain SGD.
 
   # The outer algorithm (fedjax_lab.outer registry).
   config.outer = ml_collections.ConfigDict()

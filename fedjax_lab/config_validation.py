@@ -41,6 +41,7 @@ DECAYS = ("cosine", "linear", "constant")
 PARTITIONS = ("iid", "by_source", "dirichlet")
 STDLIB_SUBSETS = ("full", "no_tests", "small")
 REPLICA_MODES = ("auto", "vmap", "sequential")
+INNER_OPTIMIZERS = ("adamw", "sgd")
 UINT32_MAX = 2**32 - 1
 
 
@@ -107,6 +108,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "prefetch": ("int", NONNEG),
     },
     "inner": {
+        "optimizer": ("str", _one_of(INNER_OPTIMIZERS)),
         "steps": ("int", POSITIVE),
         "batch_size": ("int", POSITIVE),
         "learning_rate": ("float", _range(0.0, lo_open=True)),
@@ -119,6 +121,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "eps": ("float", _range(0.0, lo_open=True)),
         "weight_decay": ("float", NONNEG),
         "grad_clip": ("float", NONNEG),
+        "momentum": ("float", _range(0.0, 1.0, hi_open=True)),
     },
     "outer": {
         "name": ("str", _one_of(outer_lib.names())),
@@ -300,11 +303,11 @@ def _check_open(prefix: str, owner: str, hp: Dict[str, Any], allowed) -> None:
                         f"{show(value)}")
 
 
-def _registry_error(prefix: str, hp: Dict[str, Any], error: Exception) -> str:
+def _registry_error(prefix: str, allowed, error: Exception) -> str:
   """A factory's refusal, under the name of the hparam it is about."""
   text = " ".join(str(error).split())
   words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-  named = [k for k in hp if k in words]
+  named = [k for k in allowed if k in words]
   field = f"{prefix}.{named[0]}" if len(named) == 1 else prefix
   return f"{field}: {text}"
 
@@ -313,20 +316,40 @@ def check_registries(config) -> None:
   """The outer algorithm and compressor exist and accept their hparams."""
   name = config.outer.name
   hp = outer_hparams(config)
-  _check_open("outer.hparams", f"outer algorithm {name!r}", hp,
-              outer_lib.hparams(name))
+  allowed = outer_lib.hparams(name)
+  _check_open("outer.hparams", f"outer algorithm {name!r}", hp, allowed)
+  check_inner_for_outer(config)
   try:
     outer_lib.get(name, **hp)
   except (ValueError, TypeError) as e:
-    raise ConfigError(_registry_error("outer.hparams", hp, e)) from None
+    raise ConfigError(_registry_error("outer.hparams", allowed, e)) from None
   comp = config.comm.compressor
   chp = comm_hparams(config)
-  _check_open("comm.hparams", f"compressor {comp!r}", chp,
-              _compressor_params(comp))
+  comp_allowed = _compressor_params(comp)
+  _check_open("comm.hparams", f"compressor {comp!r}", chp, comp_allowed)
   try:
     compress_lib.get(comp, **chp)
   except (ValueError, TypeError) as e:
-    raise ConfigError(_registry_error("comm.hparams", chp, e)) from None
+    raise ConfigError(_registry_error("comm.hparams", comp_allowed, e)) from None
+
+
+def check_inner_for_outer(config) -> None:
+  """The outer algorithm's own demands on the inner optimizer, if it has any.
+
+  An algorithm that needs them exports `check_<name>_inner` from
+  fedjax_lab.outer (e.g. SCAFFOLD's option II needs plain constant-lr SGD);
+  it receives the `inner.*` fields and set outer hparams its signature names.
+  """
+  checker = getattr(outer_lib, f"check_{config.outer.name}_inner", None)
+  if checker is None:
+    return
+  values = {k: config.inner[k] for k in config.inner.keys()}
+  values.update(outer_hparams(config))
+  wanted = inspect.signature(checker).parameters
+  try:
+    checker(**{k: values[k] for k in wanted if k in values})
+  except ValueError as e:
+    raise ConfigError(" ".join(str(e).split())) from None
 
 
 def check_consistency(config, *, device_count: int) -> None:
@@ -346,6 +369,10 @@ def check_consistency(config, *, device_count: int) -> None:
   problem = tasks_lib.kind(config.model.kind).check(config.model)
   if problem:
     raise ConfigError(f"model.{problem[0]}: {problem[1]}")
+  if config.inner.optimizer != "sgd" and config.inner.momentum:
+    raise ConfigError(f"inner.momentum: only inner.optimizer='sgd' takes it, "
+                      f"got {show(config.inner.momentum)} with "
+                      f"{config.inner.optimizer!r}; set it to 0")
 
 
 def check_data(config, train_source, eval_source, shards) -> None:

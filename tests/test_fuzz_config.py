@@ -33,6 +33,7 @@ NUMERIC = {
     "inner.b1": ("float", 0.0, 1.0), "inner.b2": ("float", 0.0, 1.0),
     "inner.eps": ("float", 0.0, None), "inner.weight_decay": ("float", 0.0, None),
     "inner.grad_clip": ("float", 0.0, None),
+    "inner.momentum": ("float", 0.0, 1.0),
     "train.num_replicas": ("int", 1, None), "train.rounds": ("int", 1, None),
     "train.eval_every": ("int", 0, None),
     "train.checkpoint_every": ("int", 0, None), "train.keep": ("int", 1, None),
@@ -44,7 +45,7 @@ NUMERIC = {
 }
 CHOICES = ("model.kind", "model.dtype", "model.classifier", "data.subset",
            "data.partition", "inner.decay", "outer.name", "comm.compressor",
-           "train.nonfinite_policy", "engine.replica_mode")
+           "train.nonfinite_policy", "engine.replica_mode", "inner.optimizer")
 # Fields of other algorithms and compressors: set, they are refused by name.
 FOREIGN = ("outer.hparams.tau", "outer.hparams.beta", "outer.hparams.alpha",
            "outer.hparams.mu", "comm.hparams.block_size", "comm.hparams.bins",
@@ -56,6 +57,8 @@ CROSS = (  # (overrides, the field the message must name)
     ({"inner.steps": 10**9}, "inner.steps"),
     ({"inner.batch_size": 100_000}, "inner.batch_size"),
     ({"data.eval_batch_size": 10**6}, "data.eval_batch_size"),
+    ({"inner.momentum": 0.9}, "inner.momentum"),  # Not with AdamW.
+    ({"outer.name": "scaffold"}, "inner.optimizer"),  # Needs plain SGD.
 )
 
 

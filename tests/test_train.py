@@ -284,3 +284,32 @@ def test_local_replica_ids_single_process():
                                mesh=mesh)
     assert distributed.local_replica_ids(
         engine.mesh, engine.num_replicas) == list(range(16))
+
+
+def test_sgd_inner_optimizer_is_heavy_ball_with_matrix_weight_decay():
+  inner = smoke.get_config().inner
+  inner.optimizer, inner.learning_rate, inner.momentum = "sgd", 0.1, 0.5
+  inner.warmup_steps, inner.decay, inner.grad_clip = 0, "constant", 0.0
+  inner.weight_decay = 0.01
+  tx = train.make_inner_opt(inner, total_steps=10)
+  params = {"w": np.array([[1.0, -2.0]], np.float32),
+            "b": np.array([3.0], np.float32)}
+  grads = {"w": np.array([[0.5, 0.25]], np.float32),
+           "b": np.array([-1.0], np.float32)}
+  state = tx.init(params)
+  # float64 reference: g' = g + wd·θ (matrices only); v ← g' + μ·v; u = −lr·v.
+  p64 = {k: v.astype(np.float64) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in p64.items()}
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax_apply(params, updates)
+    for k in p64:
+      g = grads[k] + (0.01 * p64[k] if p64[k].ndim >= 2 else 0.0)
+      v[k] = g + 0.5 * v[k]
+      p64[k] = p64[k] - 0.1 * v[k]
+  for k in p64:
+    np.testing.assert_allclose(params[k], p64[k], rtol=1e-6)
+
+
+def optax_apply(params, updates):
+  return {k: np.asarray(params[k]) + np.asarray(updates[k]) for k in params}

@@ -34,16 +34,30 @@ def make_schedule(inner: ml_collections.ConfigDict,
   return optax.join_schedules([warm, decay], boundaries=[warmup])
 
 
+def _matrices(params):
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
 def make_inner_opt(inner: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
-  """AdamW with warm-up + decay and global-norm clipping (DiLoCo's inner opt).
+  """The inner optimizer on the schedule, with global-norm clipping.
 
-  Weight decay applies to matrices only (ndim ≥ 2), not to LayerNorm scales
-  and biases, as is usual for transformers.
+  'adamw' (DiLoCo's inner optimizer): AdamW(b1, b2, eps, weight_decay).
+  'sgd': SGD with optional heavy-ball `momentum`, weight decay added to the
+  gradient (so scaled by the lr, as AdamW's). Weight decay applies to
+  matrices only (ndim ≥ 2), not to LayerNorm scales and biases, as is usual
+  for transformers.
   """
-  tx = optax.adamw(make_schedule(inner, total_steps), b1=inner.b1, b2=inner.b2,
-                   eps=inner.eps, weight_decay=inner.weight_decay,
-                   mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+  lr = make_schedule(inner, total_steps)
+  if inner.optimizer == "sgd":
+    parts = [optax.sgd(lr, momentum=inner.momentum or None)]
+    if inner.weight_decay:
+      parts.insert(0, optax.add_decayed_weights(inner.weight_decay,
+                                                mask=_matrices))
+    tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+  else:
+    tx = optax.adamw(lr, b1=inner.b1, b2=inner.b2, eps=inner.eps,
+                     weight_decay=inner.weight_decay, mask=_matrices)
   if inner.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(inner.grad_clip), tx)
   return tx

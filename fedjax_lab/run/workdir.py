@@ -36,7 +36,8 @@ RESUMABLE_CHANGES = (
 # Workdirs made before a field existed resume as if it had this value; fields
 # that were removed are ignored.
 _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
-                 "engine.replica_mode": "auto"}
+                 "engine.replica_mode": "auto", "inner.optimizer": "adamw",
+                 "inner.momentum": 0.0}
 _REMOVED_PREFIXES = ("train.fault.",)
 
 
