@@ -102,7 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Compression of the outer gradients (fedjax_lab.comm.compress registry).
   config.comm = ml_collections.ConfigDict()
-  config.comm.compressor = "none"  # 'none', 'bf16', 'fp16', 'int8', 'int4', 'fp4', 'uint8', 'topk'.
+  config.comm.compressor = "none"  # 'none', 'bf16', 'int8', 'fp4', 'topk', ... (run.py --list_algorithms lists all).
   # The compressor's hyperparameters, all unset (None = the compressor's
   # default): ef (error feedback), block_size, stochastic, bins, fraction, ...
   config.comm.hparams = ml_collections.ConfigDict()
