@@ -40,6 +40,10 @@ from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs
 from fedjax_lab.typing import Batch, LossFn, Params, PRNGKey
 
 DEFAULT_AXIS = "replicas"
+MODEL_AXIS = "model"
+# Leaves with fewer elements stay replicated over the model axis (splitting
+# them saves little memory and costs a collective).
+DEFAULT_MIN_SHARD_SIZE = 2**14
 REPLICA_MODES = ("auto", "vmap", "sequential")
 
 
@@ -72,16 +76,36 @@ class TrainState:
 
 
 def replica_mesh(num_devices: Optional[int] = None, *,
-                 axis_name: str = DEFAULT_AXIS, devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: all devices of all processes)."""
+                 model_devices: int = 1, axis_name: str = DEFAULT_AXIS,
+                 model_axis: str = MODEL_AXIS, devices=None) -> jax.sharding.Mesh:
+  """A mesh over `devices` (default: all devices of all processes).
+
+  Args:
+    num_devices: devices to use (default all), the first ones.
+    model_devices: devices each replica's model is sharded over. 1 gives a
+      1-D mesh (`axis_name`,); more gives a 2-D mesh (`axis_name`,
+      `model_axis`) of shape [num_devices / model_devices, model_devices],
+      the model axis innermost (neighbouring devices share a replica).
+    axis_name: the replica axis.
+    model_axis: the model axis (2-D meshes only).
+    devices: the devices to lay out (default `jax.devices()`).
+  """
   devices = list(jax.devices() if devices is None else devices)
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f"num_devices must be in [1, {len(devices)}], "
                        f"got {num_devices}")
     devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.asarray(devices), (axis_name,),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+  if (not isinstance(model_devices, (int, np.integer)) or model_devices < 1 or
+      len(devices) % model_devices):
+    raise ValueError(f"model_devices must be an integer >= 1 dividing the "
+                     f"{len(devices)} devices, got {model_devices!r}")
+  if model_devices == 1:
+    return jax.sharding.Mesh(np.asarray(devices), (axis_name,),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+  grid = np.asarray(devices).reshape(-1, model_devices)
+  return jax.sharding.Mesh(grid, (axis_name, model_axis),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def default_replica_mode() -> str:
@@ -121,7 +145,9 @@ class Engine:
                axis_name: Optional[str] = None,
                compressor: Optional[compress_lib.Compressor] = None,
                donate: bool = True, replica_mode: str = "auto",
-               fragments: Optional[fragments_lib.FragmentSchedule] = None):
+               fragments: Optional[fragments_lib.FragmentSchedule] = None,
+               model_axis: Optional[str] = None, param_specs: Any = None,
+               min_shard_size: int = DEFAULT_MIN_SHARD_SIZE):
     """Builds the engine.
 
     Args:
@@ -143,6 +169,17 @@ class Engine:
         (`default_replica_mode`). Both give the same numbers.
       fragments: a Streaming DiLoCo schedule (default: one fragment synced at
         the round's end).
+      model_axis: a second mesh axis each replica's model is sharded over
+        (FSDP-style; default: the mesh's other axis if it has two). Every
+        state leaf (params, optimizer moments, residuals, control variates)
+        of at least `min_shard_size` elements is split along its largest
+        dimension divisible by the axis size; smaller leaves are replicated.
+        Reductions over replicas stay on the replica axis.
+      param_specs: optional PartitionSpecs over the model axis, a tree like
+        the params (as flax's logical axis rules give); a state leaf shaped
+        like a param takes that param's spec (the first one, when several
+        params share a shape), other leaves follow the default rule.
+      min_shard_size: see `model_axis`.
 
     Raises:
       ValueError: naming the field, for a bad M, H, mesh, mode or optimizer.
@@ -177,11 +214,27 @@ class Engine:
           f"needs a rule whose replicas restart from the global model and "
           f"keep no per-replica state, e.g. 'diloco')")
     self.mesh = mesh
+    self.model_axis = None
+    self.model_shards = 1
+    self.param_specs = param_specs
+    self.min_shard_size = int(min_shard_size)
     if mesh is not None:
       self.axis_name = axis_name or mesh.axis_names[0]
       if self.axis_name not in mesh.axis_names:
         raise ValueError(f"axis_name {self.axis_name!r} is not an axis of the "
                          f"mesh {mesh.axis_names}")
+      others = [a for a in mesh.axis_names if a != self.axis_name]
+      if model_axis is None and len(others) == 1:
+        model_axis = others[0]
+      if model_axis is not None and model_axis not in others:
+        raise ValueError(f"model_axis {model_axis!r} must be a mesh axis other "
+                         f"than {self.axis_name!r}; the mesh has "
+                         f"{mesh.axis_names}")
+      if len(others) > (model_axis is not None):
+        raise ValueError(f"mesh axes {mesh.axis_names}: only a replica axis and "
+                         "one model axis are supported")
+      self.model_axis = model_axis
+      self.model_shards = mesh.shape[model_axis] if model_axis else 1
       self.num_shards = mesh.shape[self.axis_name]
       if self.num_replicas % self.num_shards:
         raise ValueError(
@@ -258,12 +311,59 @@ class Engine:
                       inner_state=P() if dp else r, comm_state=r,
                       client_state=r, round=P(), rng=P())
 
+  def model_spec(self, shape, by_shape=None) -> Tuple[Optional[str], ...]:
+    """How a leaf of this shape is split over the model axis (per dimension)."""
+    shape = tuple(shape)
+    if by_shape and shape in by_shape:
+      return by_shape[shape]
+    n = self.model_shards
+    spec = [None] * len(shape)
+    if n > 1 and int(np.prod(shape, dtype=np.int64)) >= self.min_shard_size:
+      dims = [d for d in range(len(shape)) if shape[d] % n == 0]
+      if dims:
+        spec[max(dims, key=lambda d: (shape[d], -d))] = self.model_axis
+    return tuple(spec)
+
+  def _specs_by_shape(self, params):
+    """{shape: spec} from the user's param_specs (first param of a shape)."""
+    if self.param_specs is None:
+      return None
+    out = {}
+    specs = jax.tree.leaves(self.param_specs,
+                            is_leaf=lambda x: isinstance(x, P))
+    leaves = jax.tree.leaves(params)
+    if len(specs) != len(leaves):
+      raise ValueError(f"param_specs must have one PartitionSpec per param "
+                       f"leaf ({len(leaves)}), got {len(specs)}")
+    for leaf, spec in zip(leaves, specs):
+      spec = tuple(spec) + (None,) * (len(leaf.shape) - len(tuple(spec)))
+      bad = [a for a in spec if a not in (None, self.model_axis)]
+      if bad or len(spec) != len(leaf.shape):
+        raise ValueError(f"param_specs: {spec} for a leaf of shape "
+                         f"{tuple(leaf.shape)} may only name the model axis "
+                         f"{self.model_axis!r}, once per dimension")
+      out.setdefault(tuple(leaf.shape), spec)
+    return out
+
   def state_shardings(self, abstract_state: TrainState):
-    """NamedShardings for every leaf of a state (None without a mesh)."""
+    """NamedShardings for every leaf of a state (None without a mesh).
+
+    Replica-stacked leaves are split over the replica axis (their first
+    dimension) and, on a 2-D mesh, over the model axis (`model_spec`).
+    """
     if self.mesh is None:
       return None
+    by_shape = self._specs_by_shape(abstract_state.params)
+
+    def shard(prefix, leaf):
+      stacked = prefix == P(self.axis_name)
+      shape = tuple(leaf.shape)
+      rest = self.model_spec(shape[1:] if stacked else shape, by_shape)
+      spec = P(self.axis_name, *rest) if stacked else P(*rest)
+      return NamedSharding(self.mesh, spec)
+
     return jax.tree.map(
-        lambda spec, sub: jax.tree.map(lambda _: NamedSharding(self.mesh, spec), sub),
+        lambda prefix, sub: jax.tree.map(lambda x: shard(prefix, x), sub),
         self._state_specs(), abstract_state,
         is_leaf=lambda x: isinstance(x, P))
 
@@ -623,7 +723,9 @@ class Engine:
     run = lambda state, batch, mask, num_examples, num_steps, ops: (
         self._round_local(state, batch, mask, num_examples, num_steps, ops,
                           stragglers))
-    if self.mesh is None:
+    if self.mesh is None or self.num_shards == 1:
+      # All replicas in one slot: nothing to map manually (a model axis, if
+      # any, is partitioned by XLA from the state's shardings).
       return run(state, batch, mask, num_examples, num_steps,
                  rep.local_ops(self.num_replicas))
     axis = self.axis_name
@@ -633,11 +735,14 @@ class Engine:
       ops = rep.sharded_ops(self.num_replicas, self.local_replicas, axis)
       return run(state, batch, mask, num_examples, num_steps, ops)
 
-    # Every metric is replicated (per-replica ones are gathered).
+    # Every metric is replicated (per-replica ones are gathered). Manual over
+    # the replica axis only: the model axis stays automatic, so XLA keeps each
+    # replica's leaves split over it as `state_shardings` lays them out.
     sharded = jax.shard_map(
         body, mesh=self.mesh,
         in_specs=(self._state_specs(), r, r, r, r),
-        out_specs=(self._state_specs(), P()))
+        out_specs=(self._state_specs(), P()),
+        axis_names=frozenset({axis}))
     return sharded(state, batch, mask, num_examples, num_steps)
 
   def _build_round(self, state):
