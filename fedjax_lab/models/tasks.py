@@ -61,7 +61,7 @@ def _classification_metrics(logits, labels):
 
 def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
             mlp_ratio: int = 4, seq_len: int = 128, dtype: Any = "float32",
-            dropout: float = 0.0) -> Task:
+            dropout: float = 0.0, remat: bool = False) -> Task:
   """A byte-level decoder-only transformer LM (`transformer.TransformerLM`).
 
   Batches are {'tokens': int32 [B, seq_len + 1]}: inputs tokens[:, :-1],
@@ -81,6 +81,7 @@ def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
     seq_len: tokens per input sequence.
     dtype: compute dtype name or dtype ('float32', 'bfloat16'); params float32.
     dropout: dropout rate (embeddings and residual branches).
+    remat: rematerialise each transformer block in the backward pass.
 
   Returns:
     A Task with kind 'lm'.
@@ -90,7 +91,8 @@ def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
                      f"{num_heads} heads of even size (RoPE)")
   model = transformer.TransformerLM(
       d_model=d_model, num_layers=num_layers, num_heads=num_heads,
-      mlp_ratio=mlp_ratio, dropout=dropout, dtype=jnp.dtype(dtype))
+      mlp_ratio=mlp_ratio, dropout=dropout, dtype=jnp.dtype(dtype),
+      remat=remat)
 
   def init(rng: PRNGKey) -> Params:
     return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
