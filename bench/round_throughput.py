@@ -6,7 +6,8 @@ measured in the same run (never an absolute target):
 * the compute bound: ONE model taking the same H inner steps at batch M·B in
   one jit (`lax.scan`), batches handed over from host numpy like the engine's;
 * `Engine.round` with the replicas vmapped ('vmap') or run one after another
-  ('sequential'), ms per round (median, interleaved repeats), the ratio to the
+  ('sequential'), and the data-parallel baseline `ddp` on the same data, ms
+  per round (median, interleaved repeats), the ratio to the
   bound, and the compiled program's memory (`memory_analysis()`: arguments +
   temporaries);
 * the outer step's share of a round at H = 100 (the sync alone, timed with the
@@ -136,10 +137,11 @@ def measure(w, m, h, repeats, modes):
     jax.block_until_ready(loss)
 
   fns, engines = [bound_round], {}
-  for mode in modes:
-    engine = fedjax_lab.Engine(w["loss_fn"], inner_opt=w["inner_opt"],
-                               outer=w["outer"], num_replicas=m,
-                               inner_steps=h, replica_mode=mode)
+  for mode in modes + ("ddp",):
+    engine = fedjax_lab.Engine(
+        w["loss_fn"], inner_opt=w["inner_opt"],
+        outer="ddp" if mode == "ddp" else w["outer"], num_replicas=m,
+        inner_steps=h, replica_mode="auto" if mode == "ddp" else mode)
     holder = {"state": engine.init(params)}
 
     def engine_round(engine=engine, holder=holder):
@@ -209,15 +211,16 @@ def main():
         f"{fedjax_lab.engine.default_replica_mode()}")
   print()
   print("| workload | M | bound ms | vmap ms | vmap / bound | sequential ms | "
-        "sequential / bound | bound MiB | vmap MiB | sequential MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "sequential / bound | ddp / bound | bound MiB | vmap MiB | "
+        "sequential MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for w, m in plan:
     r = measure(w, m, 10, args.repeats, modes)
-    v, s = r["vmap"], r["sequential"]
+    v, s, d = r["vmap"], r["sequential"], r["ddp"]
     print(f"| {w['name']} | {m} | {r['bound_ms']:.1f} | {v['ms']:.1f} | "
           f"{v['ratio']:.2f}x | {s['ms']:.1f} | {s['ratio']:.2f}x | "
-          f"{r['bound_mib']:.1f} | {v['mib']:.1f} | {s['mib']:.1f} |",
-          flush=True)
+          f"{d['ratio']:.2f}x | {r['bound_mib']:.1f} | {v['mib']:.1f} | "
+          f"{s['mib']:.1f} |", flush=True)
   print()
   for w, m in [(mlp, 8)] + ([] if args.quick else [(lm, 4)]):
     share = outer_share(w, m, 100, max(3, args.repeats // 2))

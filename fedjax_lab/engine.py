@@ -200,6 +200,11 @@ class Engine:
     self.outer = outer
     self.num_replicas = _check_int("num_replicas", num_replicas)
     self.inner_steps = _check_int("inner_steps", inner_steps)
+    if outer.step_compressor is not None and not compress_lib.is_none(
+        compressor):
+      raise ValueError(
+          f"compressor: {outer.name!r} sends its own every-step messages; a "
+          f"compressor for outer gradients would be ignored (use 'none')")
     self.compressor = compressor or compress_lib.none()
     self.replica_mode = (default_replica_mode() if replica_mode == "auto"
                          else replica_mode)
@@ -403,9 +408,12 @@ class Engine:
 
     Payload = Σ numel × bits / 8 as the compressor encodes it, times the
     algorithm's `comm_multiplier` (SCAFFOLD sends Δy and Δc); the
-    data-parallel family sends every one of its H steps. A ring all-reduce
-    moves 2·(M − 1)/M of the payload per replica. `peak_payload_bytes` is the
-    largest single sync (one fragment's under a streaming schedule).
+    data-parallel family sends every one of its H steps. `ring_bytes` is what
+    one replica moves on a ring: 2·(M − 1)/M of the payload for an all-reduce
+    of dense values; (M − 1)× the payload for sparse messages that must be
+    all-gathered (`Compressor.collective == 'all_gather'`: DeMo, top-k).
+    `peak_payload_bytes` is the largest single sync (one fragment's under a
+    streaming schedule).
     """
     if self.outer.data_parallel:
       per_sync = [self._dp_compressor.payload_bytes(params)] * self.inner_steps
@@ -415,8 +423,10 @@ class Engine:
                   for f in self._fragments(params)]
     payload = float(sum(per_sync))
     m = self.num_replicas
+    comp = self._dp_compressor if self.outer.data_parallel else self.compressor
+    gather = getattr(comp, "collective", "all_reduce") == "all_gather"
     return {"payload_bytes": payload,
-            "ring_bytes": payload * 2 * (m - 1) / m,
+            "ring_bytes": payload * ((m - 1) if gather else 2 * (m - 1) / m),
             "peak_payload_bytes": float(max(per_sync))}
 
   # --------------------------------------------------------------------------
@@ -663,30 +673,64 @@ class Engine:
                               client_state=client, round=state.round + 1)
     return new_state, metrics
 
+  def _dp_per_replica_grad(self, p, b, keys, mask, num_examples, cs,
+                           step_keys, ops):
+    """Per-replica gradients, each checked, compressed and aggregated once."""
+    comp = self._dp_compressor
+    aggregate = getattr(comp, "aggregate", None)  # Default: weighted mean.
+    p_local = ops.varying(p)
+    loss_i, aux_i, grads_i = jax.vmap(
+        self._loss_and_grad, in_axes=(None, 0, 0, None))(p_local, b, keys,
+                                                          p_local)
+    ok = mask & jnp.isfinite(loss_i) & jax.vmap(rep.tree_finite)(grads_i)
+    weights, anyone = self._weights(ok, num_examples, ops)
+    grads_i = rep.select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
+    sent, cs_new = jax.vmap(comp.compress)(grads_i, cs, step_keys)
+    cs = rep.select(ok, cs_new, cs)
+    grad = (ops.weighted_sum(sent, weights) if aggregate is None else
+            aggregate(sent, weights, ops))
+    return grad, cs, loss_i, aux_i, ok, anyone
+
+  def _dp_summed_grad(self, p, b, keys, mask, num_examples, cs, step_keys,
+                      ops):
+    """Uncompressed: Σ_i w_i ∇ℓ_i as ONE backward pass (a vjp with the weights
+    as cotangent), never materialising M gradients. Where a replica's
+    gradient is non-finite, the sum is too: then the per-replica path runs
+    and drops that replica."""
+    p_local = ops.varying(p)
+
+    def losses(q):
+      out = jax.vmap(lambda bb, kk: _split_loss(self.loss_fn(q, bb, kk)))(
+          b, keys)
+      return out[0], out
+
+    loss_i, pullback, (_, aux_i) = jax.vjp(losses, p_local, has_aux=True)
+    ok = mask & jnp.isfinite(loss_i)
+    weights, anyone = self._weights(ok, num_examples, ops)
+    (grad,) = pullback(weights.astype(loss_i.dtype))
+    grad = ops.across(grad)
+    return jax.lax.cond(
+        rep.tree_finite(grad),
+        lambda: (grad, cs, loss_i, aux_i, ok, anyone),
+        lambda: self._dp_per_replica_grad(p, b, keys, mask, num_examples, cs,
+                                          step_keys, ops))
+
   def _dp_round_local(self, state, batch, mask, num_examples, replica_keys,
                       comm_keys, ops):
     """Data-parallel family: every step, (compressed) gradients are averaged."""
     batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
-    grad_fn = jax.vmap(self._loss_and_grad, in_axes=(None, 0, 0, None))
-    comp, tx = self._dp_compressor, self._dp_tx
-    aggregate = getattr(comp, "aggregate", None)  # Default: weighted mean.
+    tx = self._dp_tx
+    summed = (compress_lib.is_none(self._dp_compressor) and
+              self.outer.correct_grad is None and self.outer.penalty is None)
+    grad_fn = self._dp_summed_grad if summed else self._dp_per_replica_grad
 
     def step(carry, xs):
       p, o, cs = carry
       b, t = xs
       keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(replica_keys)
-      # Per-replica gradients, each summed exactly once (by the aggregate).
-      p_local = ops.varying(p)
-      loss_i, aux_i, grads_i = grad_fn(p_local, b, keys, p_local)
-      finite = jnp.isfinite(loss_i) & jax.vmap(rep.tree_finite)(grads_i)
-      ok = mask & finite
-      weights, anyone = self._weights(ok, num_examples, ops)
-      grads_i = rep.select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
       step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(comm_keys)
-      sent, cs_new = jax.vmap(comp.compress)(grads_i, cs, step_keys)
-      cs = rep.select(ok, cs_new, cs)
-      grad = (ops.weighted_sum(sent, weights) if aggregate is None else
-              aggregate(sent, weights, ops))
+      grad, cs, loss_i, aux_i, ok, anyone = grad_fn(
+          p, b, keys, mask, num_examples, cs, step_keys, ops)
       updates, o_new = tx.update(grad, o, p)
       p_new = optax.apply_updates(p, updates)
       keep = lambda new, old: jax.tree.map(

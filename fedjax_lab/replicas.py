@@ -102,4 +102,5 @@ def sharded_ops(num_replicas: int, local: int, axis: str) -> ReplicaOps:
           lambda x: jax.lax.psum(
               jnp.zeros((num_replicas,) + x.shape[1:], x.dtype)
               .at[index].set(x), axis), tree),
-      varying=lambda tree: jax.lax.pcast(tree, axis, to="varying"))
+      varying=lambda tree: jax.lax.pcast(tree, axis, to="varying"),
+      across=lambda tree: jax.lax.psum(tree, axis))

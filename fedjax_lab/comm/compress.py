@@ -81,19 +81,32 @@ def tree_bytes(tree: Params, bits_per_element: float = 32.0) -> int:
   return int(np.ceil(numel * bits_per_element / 8))
 
 
+def _identity_init(params):
+  del params
+  return ()
+
+
+def _identity_compress(delta, state, key):
+  del key
+  return delta, state
+
+
+_NONE = Compressor(init=_identity_init, compress=_identity_compress,
+                   payload_bytes=lambda params: tree_bytes(params, 32))
+
+
 def none() -> Compressor:
-  """No compression: Δ_i travels as float32, bit-identical to the plain path."""
+  """No compression: Δ_i travels as float32, bit-identical to the plain path.
 
-  def init(params):
-    del params
-    return ()
+  Always the same object, so `is_none(c)` can tell the engine that nothing
+  needs compressing.
+  """
+  return _NONE
 
-  def compress(delta, state, key):
-    del key
-    return delta, state
 
-  return Compressor(init=init, compress=compress,
-                    payload_bytes=lambda params: tree_bytes(params, 32))
+def is_none(compressor: Optional[Compressor]) -> bool:
+  """Whether `compressor` is absent or `none()`."""
+  return compressor is None or compressor is _NONE
 
 
 # --------------------------------------------------------------------------

@@ -49,6 +49,9 @@ class ReplicaOps(NamedTuple):
   # gradient taken with respect to it is not summed across devices implicitly
   # (shard_map's autodiff sums cotangents of replicated inputs).
   varying: Callable[[Any], Any] = lambda tree: tree
+  # across(tree) -> tree: sums a per-device value (e.g. this device's part of
+  # a sum over its replicas) over the devices (identity on one device).
+  across: Callable[[Any], Any] = lambda tree: tree
 
 
 class SyncInputs(NamedTuple):
