@@ -27,6 +27,8 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--save", default="", help="orbax dir to save into")
   parser.add_argument("--restore", default="", help="orbax dir to restore")
+  parser.add_argument("--model_devices", type=int, default=1,
+                      help="devices each replica is sharded over (2-D mesh)")
   parser.add_argument("--stall_after", type=int, default=-1,
                       help="after this round, keep running rounds slowly")
   args = parser.parse_args()
@@ -44,14 +46,14 @@ def main():
     h = jnp.tanh(batch["x"] @ params["w1"])
     return jnp.mean(jnp.square(h @ params["w2"] - batch["y"]))
 
-  mesh = fedjax_lab.replica_mesh()
+  mesh = fedjax_lab.replica_mesh(model_devices=args.model_devices)
   engine = fedjax_lab.Engine(loss_fn, inner_opt=optax.adam(1e-2),
                              outer=args.algo, num_replicas=M, inner_steps=H,
-                             mesh=mesh)
+                             mesh=mesh, min_shard_size=1)
   mine = distributed.local_replica_ids(mesh, M)
-  params = {"w1": jnp.asarray(np.random.RandomState(0).randn(D, 5) * 0.5,
+  params = {"w1": jnp.asarray(np.random.RandomState(0).randn(D, 8) * 0.5,
                               jnp.float32),
-            "w2": jnp.asarray(np.random.RandomState(1).randn(5) * 0.5,
+            "w2": jnp.asarray(np.random.RandomState(1).randn(8) * 0.5,
                               jnp.float32)}
   if args.restore:
     with ocp.CheckpointManager(os.path.abspath(args.restore)) as mngr:
