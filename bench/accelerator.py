@@ -251,9 +251,10 @@ def measure(task, *, algorithm: str, m: int, mode: str, inner_steps: int,
 def fits(preset: str, *, algorithms: Sequence[str], replicas: Sequence[int],
          modes: Sequence[str], inner_steps: int, batch: Optional[int],
          dtype: str, remat: bool, bytes_limit: float,
-         compile_check: bool = True) -> bool:
-  """Whether the preset's most memory-hungry configuration fits."""
-  shape = PRESETS[preset]
+         compile_check: bool = True, **overrides) -> bool:
+  """Whether the preset's most memory-hungry configuration fits on one
+  device (`overrides` as `make_task`'s)."""
+  shape = {**PRESETS[preset], **overrides}
   b = batch or shape["batch"]
   configs = [(a, m, md) for a in algorithms for m in replicas
              for md in (modes if a != "ddp" else ("-",))]
@@ -266,7 +267,7 @@ def fits(preset: str, *, algorithms: Sequence[str], replicas: Sequence[int],
   if not compile_check:
     return True
   # Lowered from shapes alone: nothing of the model is allocated.
-  task = make_task(preset, dtype, remat)
+  task = make_task(preset, dtype, remat, **overrides)
   algorithm, m, mode = worst
   engine = _engine(task, algorithm, m, mode, inner_steps, None)
   params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
@@ -287,6 +288,15 @@ def choose_preset(**fit_kwargs) -> str:
     if fits(preset, bytes_limit=limit, **fit_kwargs):
       return preset
   return "tiny"
+
+
+def default_num_devices(replicas: Sequence[int]) -> int:
+  """1 on CPU; on an accelerator, the most devices that divide every M (each
+  device runs M / devices replicas; the rest stay idle and out of MFU)."""
+  if jax.default_backend() == "cpu":
+    return 1
+  return max(d for d in range(1, jax.device_count() + 1)
+             if all(m % d == 0 for m in replicas))
 
 
 def run(*, preset: str = "tiny", algorithms: Sequence[str] = ("ddp", "diloco"),
@@ -396,8 +406,8 @@ def _parse(argv):
   p.add_argument("--no_remat", action="store_true")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--num_devices", type=int, default=None,
-                 help="devices to shard replicas over (default: all on an "
-                      "accelerator, 1 on CPU)")
+                 help="devices to shard replicas over (default: 1 on CPU; "
+                      "on an accelerator the most that divide every M)")
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="peak TFLOP/s per device for MFU (default by device "
                       "kind; MFU is n/a on CPU without it)")
@@ -414,15 +424,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   replicas, modes = _ints(args.replicas), [
       x for x in args.modes.split(",") if x]
   remat = not args.no_remat
+  overrides = {} if args.seq_len is None else {"seq_len": args.seq_len}
   if args.auto:
     preset = choose_preset(algorithms=algorithms, replicas=replicas,
                            modes=modes, inner_steps=args.inner_steps,
-                           batch=args.batch, dtype=args.dtype, remat=remat)
+                           batch=args.batch, dtype=args.dtype, remat=remat,
+                           **overrides)
   else:
     preset = args.preset or "tiny"
-  num_devices = args.num_devices or (
-      1 if jax.default_backend() == "cpu" else jax.device_count())
-  overrides = {} if args.seq_len is None else {"seq_len": args.seq_len}
+  num_devices = args.num_devices or default_num_devices(replicas)
   shape = {**PRESETS[preset], **overrides}
   task = make_task(preset, args.dtype, remat, **overrides)
   device = jax.devices()[0]
