@@ -9,12 +9,13 @@ round_throughput's `_time`) and reported as:
 * MFU: model FLOPs (the Task's `flops_per_example` = (6·N + 12·layers·seq·d)
   ·seq per sequence, i.e. no credit for rematerialisation) per second over
   the devices' peak dense bf16 FLOP/s (`PEAK_TFLOPS`, or --peak_tflops);
-  'n/a' on CPU unless --peak_tflops is given;
+  'n/a' on CPU unless --peak_tflops is given (the peak is bf16's, also for
+  --dtype float32);
 * peak MiB: the compiled round's peak memory (`memory_analysis()`:
-  `peak_memory_in_bytes`, else arguments + temporaries + outputs − aliased);
-  and, where the backend keeps them (GPU, TPU), the device's high-water mark
-  `memory_stats()['peak_bytes_in_use']` so far in the process (it never goes
-  down, so it bounds the configuration measured last and those before it);
+  `peak_memory_in_bytes`, else arguments + temporaries + outputs − aliased;
+  per device on a mesh) and, where the backend keeps it (GPU, TPU), device
+  0's high-water mark `memory_stats()['peak_bytes_in_use']` (never reset: the
+  most over this configuration and every one measured before it);
 * outer share: the sync alone (`Engine._sync`, jitted on its own, as
   bench/round_throughput.py's `outer_share` does) over a whole round, at this
   H; '-' for ddp, which has no outer step;
@@ -32,7 +33,7 @@ analytic estimate, then the compiled program's own memory analysis).
 
 Run:
   python bench/accelerator.py --preset tiny           # CPU, seconds
-  python bench/accelerator.py --auto --out docs/accelerator.md   # GPU/TPU
+  python bench/accelerator.py --auto --out docs/accelerator_gpu.md  # GPU/TPU
   python bench/accelerator.py --preset 1b --replicas 2,4 --inner_steps 10
 """
 
