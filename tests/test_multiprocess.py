@@ -37,10 +37,18 @@ def load(path):
 
 
 @pytest.mark.parametrize("algo", ["diloco", "ddp"])
-def test_two_processes_equal_one(tmp_path, algo):
+@pytest.mark.parametrize("model_two,model_one", [(1, 1), (2, 4)],
+                         ids=["1d", "2d"])
+def test_two_processes_equal_one(tmp_path, algo, model_two, model_one):
+  """1d: a replica mesh over 2 x 4 devices == over 1 x 8. 2d: 2 processes,
+  each 2 replica slots x 2 model devices (a global 4x2 replica x model mesh),
+  == 1 process with a 2x4 mesh; leaves are split over the model axis in both
+  (tests/mp_worker.py uses min_shard_size=1)."""
   rounds = 3
-  launch(2, 4, f"--algo={algo}", f"--rounds={rounds}", f"--out={tmp_path}/two")
-  launch(1, 8, f"--algo={algo}", f"--rounds={rounds}", f"--out={tmp_path}/one")
+  launch(2, 4, f"--algo={algo}", f"--rounds={rounds}",
+         f"--model_devices={model_two}", f"--out={tmp_path}/two")
+  launch(1, 8, f"--algo={algo}", f"--rounds={rounds}",
+         f"--model_devices={model_one}", f"--out={tmp_path}/one")
   for r in range(rounds):
     a, b = load(f"{tmp_path}/two/round{r}.npz"), load(f"{tmp_path}/one/round{r}.npz")
     assert a.keys() == b.keys()
