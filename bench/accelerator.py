@@ -52,7 +52,6 @@ import optax
 
 import fedjax_lab
 from fedjax_lab import models
-from fedjax_lab import replicas as rep_lib
 
 
 def _load_round_throughput():
@@ -180,25 +179,6 @@ def _engine(task, algorithm, m, mode, h, mesh):
       replica_mode="auto" if algorithm == "ddp" else mode)
 
 
-def _sync_fn(engine, h):
-  """The outer step alone, jitted (bench/round_throughput.py's `outer_share`,
-  here on the engine under test so mode and mesh are the measured ones)."""
-  m = engine.num_replicas
-
-  @jax.jit
-  def sync_only(state):
-    ops = rep_lib.local_ops(m)
-    ok = jnp.ones([m], bool)
-    keys = jax.random.split(jax.random.PRNGKey(1), m)
-    out = engine._sync(  # pylint: disable=protected-access
-        state.params, state.outer_state, state.replica_params,
-        state.comm_state, state.client_state, ok, jnp.ones([m], jnp.float32),
-        jnp.full([m], h, jnp.int32), keys, jax.random.PRNGKey(2), ops)
-    return out[0]
-
-  return sync_only
-
-
 def measure(task, *, algorithm: str, m: int, mode: str, inner_steps: int,
             batch: int, seq_len: int, repeats: int, mesh=None,
             memory_analysis: bool = True, seed: int = 0) -> Dict[str, Any]:
@@ -227,7 +207,7 @@ def measure(task, *, algorithm: str, m: int, mode: str, inner_steps: int,
 
   fns = [one_round]
   if algorithm != "ddp":
-    sync_only = _sync_fn(engine, h)
+    sync_only = _rt.sync_only_fn(engine, h)
     fns.append(lambda: jax.block_until_ready(sync_only(holder["state"])))
   times = _rt._time(fns, repeats)  # pylint: disable=protected-access
   compiled_rounds = engine.compiled_rounds()

@@ -34,6 +34,7 @@ import optax
 import fedjax_lab
 from fedjax_lab import models
 from fedjax_lab import replicas as rep_lib
+from fedjax_lab import sync as sync_lib
 
 
 def _time(fns, repeats):
@@ -162,6 +163,25 @@ def measure(w, m, h, repeats, modes):
   return out
 
 
+def sync_only_fn(engine, h):
+  """The engine's outer step alone (Δ, average, outer rule, restart), jitted:
+  state -> new global params. Every replica counts, each took H steps."""
+  m = engine.num_replicas
+
+  @jax.jit
+  def sync_only(state):
+    ok = jnp.ones([m], bool)
+    keys = jax.random.split(jax.random.PRNGKey(1), m)
+    out = sync_lib.outer_sync(
+        engine.outer, engine.compressor, state.params, state.outer_state,
+        state.replica_params, state.comm_state, state.client_state, ok,
+        jnp.ones([m], jnp.float32), jnp.full([m], h, jnp.int32), keys,
+        jax.random.PRNGKey(2), rep_lib.local_ops(m))
+    return out[0]
+
+  return sync_only
+
+
 def outer_share(w, m, h, repeats):
   """The sync alone as a share of a whole round (sequential mode)."""
   rs = np.random.RandomState(1)
@@ -175,16 +195,7 @@ def outer_share(w, m, h, repeats):
     holder["state"], metrics = engine.round(holder["state"], host_batch)
     jax.block_until_ready(metrics["loss"])
 
-  @jax.jit
-  def sync_only(state):
-    ops = rep_lib.local_ops(m)
-    ok = jnp.ones([m], bool)
-    keys = jax.random.split(jax.random.PRNGKey(1), m)
-    out = engine._sync(  # pylint: disable=protected-access
-        state.params, state.outer_state, state.replica_params,
-        state.comm_state, state.client_state, ok, jnp.ones([m], jnp.float32),
-        jnp.full([m], h, jnp.int32), keys, jax.random.PRNGKey(2), ops)
-    return out[0]
+  sync_only = sync_only_fn(engine, h)
 
   def outer_step():
     jax.block_until_ready(sync_only(holder["state"]))

@@ -35,16 +35,16 @@ from jax.sharding import PartitionSpec as P
 from fedjax_lab import fragments as fragments_lib
 from fedjax_lab import outer as outer_lib
 from fedjax_lab import replicas as rep
+from fedjax_lab import sync as sync_lib
 from fedjax_lab.comm import compress as compress_lib
-from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs
+from fedjax_lab.data_parallel import DataParallel
+from fedjax_lab.layout import (DEFAULT_AXIS, DEFAULT_MIN_SHARD_SIZE, MODEL_AXIS,
+                               Layout, replica_mesh)
+from fedjax_lab.local_steps import (REPLICA_MODES, ReplicaSteps,
+                                    default_replica_mode)
+from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps
 from fedjax_lab.typing import Batch, LossFn, Params, PRNGKey
 
-DEFAULT_AXIS = "replicas"
-MODEL_AXIS = "model"
-# Leaves with fewer elements stay replicated over the model axis (splitting
-# them saves little memory and costs a collective).
-DEFAULT_MIN_SHARD_SIZE = 2**14
-REPLICA_MODES = ("auto", "vmap", "sequential")
 
 
 @flax.struct.dataclass
@@ -73,52 +73,6 @@ class TrainState:
   client_state: Any
   round: jax.Array
   rng: jax.Array
-
-
-def replica_mesh(num_devices: Optional[int] = None, *,
-                 model_devices: int = 1, axis_name: str = DEFAULT_AXIS,
-                 model_axis: str = MODEL_AXIS, devices=None) -> jax.sharding.Mesh:
-  """A mesh over `devices` (default: all devices of all processes).
-
-  Args:
-    num_devices: devices to use (default all), the first ones.
-    model_devices: devices each replica's model is sharded over. 1 gives a
-      1-D mesh (`axis_name`,); more gives a 2-D mesh (`axis_name`,
-      `model_axis`) of shape [num_devices / model_devices, model_devices],
-      the model axis innermost (neighbouring devices share a replica).
-    axis_name: the replica axis.
-    model_axis: the model axis (2-D meshes only).
-    devices: the devices to lay out (default `jax.devices()`).
-  """
-  devices = list(jax.devices() if devices is None else devices)
-  if num_devices is not None:
-    if not 1 <= num_devices <= len(devices):
-      raise ValueError(f"num_devices must be in [1, {len(devices)}], "
-                       f"got {num_devices}")
-    devices = devices[:num_devices]
-  if (not isinstance(model_devices, (int, np.integer)) or model_devices < 1 or
-      len(devices) % model_devices):
-    raise ValueError(f"model_devices must be an integer >= 1 dividing the "
-                     f"{len(devices)} devices, got {model_devices!r}")
-  if model_devices == 1:
-    return jax.sharding.Mesh(np.asarray(devices), (axis_name,),
-                             axis_types=(jax.sharding.AxisType.Auto,))
-  grid = np.asarray(devices).reshape(-1, model_devices)
-  return jax.sharding.Mesh(grid, (axis_name, model_axis),
-                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
-def default_replica_mode() -> str:
-  """'sequential' on CPU, where many small vmapped matmuls run slowly
-  (bench/round_throughput.py), 'vmap' on accelerators."""
-  return "sequential" if jax.default_backend() == "cpu" else "vmap"
-
-
-def _split_loss(out) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-  if isinstance(out, tuple):
-    loss, aux = out
-    return loss, dict(aux)
-  return out, {}
 
 
 def _check_int(field: str, value) -> int:
@@ -166,7 +120,7 @@ class Engine:
       replica_mode: how a device runs its replicas: 'vmap' (all at once: one
         replica's activations × m in memory), 'sequential' (one after
         another: one replica's activations at a time) or 'auto'
-        (`default_replica_mode`). Both give the same numbers.
+        (`local_steps.default_replica_mode`). Both give the same numbers.
       fragments: a Streaming DiLoCo schedule (default: one fragment synced at
         the round's end).
       model_axis: a second mesh axis each replica's model is sharded over
@@ -192,12 +146,8 @@ class Engine:
     if not isinstance(inner_opt, optax.GradientTransformation):
       raise ValueError("inner_opt must be an optax.GradientTransformation, "
                        f"got {type(inner_opt).__name__}")
-    if replica_mode not in REPLICA_MODES:
-      raise ValueError(f"replica_mode must be one of {', '.join(REPLICA_MODES)}, "
-                       f"got {replica_mode!r}")
-    self.loss_fn = loss_fn
-    self.inner_opt = inner_opt
     self.outer = outer
+    self.inner_opt = inner_opt
     self.num_replicas = _check_int("num_replicas", num_replicas)
     self.inner_steps = _check_int("inner_steps", inner_steps)
     if outer.step_compressor is not None and not compress_lib.is_none(
@@ -206,8 +156,8 @@ class Engine:
           f"compressor: {outer.name!r} sends its own every-step messages; a "
           f"compressor for outer gradients would be ignored (use 'none')")
     self.compressor = compressor or compress_lib.none()
-    self.replica_mode = (default_replica_mode() if replica_mode == "auto"
-                         else replica_mode)
+    self.steps = ReplicaSteps(loss_fn, inner_opt, outer, replica_mode)
+    self.replica_mode = self.steps.replica_mode
     self.schedule = (fragments or fragments_lib.FragmentSchedule()).validate(
         self.inner_steps)
     if not self.schedule.is_plain and (
@@ -218,54 +168,25 @@ class Engine:
           f"model fragment by fragment; {outer.name!r} is not supported (it "
           f"needs a rule whose replicas restart from the global model and "
           f"keep no per-replica state, e.g. 'diloco')")
-    self.mesh = mesh
-    self.model_axis = None
-    self.model_shards = 1
-    self.param_specs = param_specs
-    self.min_shard_size = int(min_shard_size)
-    if mesh is not None:
-      self.axis_name = axis_name or mesh.axis_names[0]
-      if self.axis_name not in mesh.axis_names:
-        raise ValueError(f"axis_name {self.axis_name!r} is not an axis of the "
-                         f"mesh {mesh.axis_names}")
-      others = [a for a in mesh.axis_names if a != self.axis_name]
-      if model_axis is None and len(others) == 1:
-        model_axis = others[0]
-      if model_axis is not None and model_axis not in others:
-        raise ValueError(f"model_axis {model_axis!r} must be a mesh axis other "
-                         f"than {self.axis_name!r}; the mesh has "
-                         f"{mesh.axis_names}")
-      if len(others) > (model_axis is not None):
-        raise ValueError(f"mesh axes {mesh.axis_names}: only a replica axis and "
-                         "one model axis are supported")
-      self.model_axis = model_axis
-      self.model_shards = mesh.shape[model_axis] if model_axis else 1
-      self.num_shards = mesh.shape[self.axis_name]
-      if self.num_replicas % self.num_shards:
-        raise ValueError(
-            f"num_replicas ({self.num_replicas}) must be a multiple of the "
-            f"number of devices on mesh axis {self.axis_name!r} "
-            f"({self.num_shards})")
-    else:
-      self.axis_name = axis_name or DEFAULT_AXIS
-      self.num_shards = 1
-    self.local_replicas = self.num_replicas // self.num_shards
+    self.layout = Layout(mesh, self.num_replicas, axis_name=axis_name,
+                         model_axis=model_axis, param_specs=param_specs,
+                         min_shard_size=min_shard_size)
+    # The data-parallel family may bring its own compressor and update rule.
+    self._data_parallel = DataParallel(
+        self.steps, outer.step_compressor or self.compressor,
+        outer.step_tx or inner_opt)
     self._donate = donate
     self._round_jit = None  # Built at the first round (needs the shardings).
     self._init_jit = None
     self._round_comm_bytes = None  # Static per engine: shapes never change.
 
-  # --------------------------------------------------------------------------
-  # Which tensors the algorithm steps with (the data-parallel family may
-  # bring its own compressor and update rule).
-
-  @property
-  def _dp_compressor(self) -> compress_lib.Compressor:
-    return self.outer.step_compressor or self.compressor
-
-  @property
-  def _dp_tx(self) -> optax.GradientTransformation:
-    return self.outer.step_tx or self.inner_opt
+  # The layout's facts, as attributes of the engine (the run layer reads them).
+  mesh = property(lambda self: self.layout.mesh)
+  axis_name = property(lambda self: self.layout.axis_name)
+  model_axis = property(lambda self: self.layout.model_axis)
+  num_shards = property(lambda self: self.layout.num_shards)
+  local_replicas = property(lambda self: self.layout.local_replicas)
+  loss_fn = property(lambda self: self.steps.loss_fn)
 
   # --------------------------------------------------------------------------
   # State.
@@ -292,9 +213,9 @@ class Engine:
         lambda x: jnp.broadcast_to(x, (m,) + x.shape), tree)
     zero = jnp.zeros([], jnp.int32)
     if self.outer.data_parallel:
-      comp = self._dp_compressor
+      comp = self._data_parallel.compressor
       return TrainState(params=params, outer_state=(), replica_params=None,
-                        inner_state=self._dp_tx.init(params),
+                        inner_state=self._data_parallel.tx.init(params),
                         comm_state=jax.vmap(comp.init)(stack(params)),
                         client_state=(), round=zero, rng=rng)
     replica_params = stack(params)
@@ -316,61 +237,15 @@ class Engine:
                       inner_state=P() if dp else r, comm_state=r,
                       client_state=r, round=P(), rng=P())
 
-  def model_spec(self, shape, by_shape=None) -> Tuple[Optional[str], ...]:
-    """How a leaf of this shape is split over the model axis (per dimension)."""
-    shape = tuple(shape)
-    if by_shape and shape in by_shape:
-      return by_shape[shape]
-    n = self.model_shards
-    spec = [None] * len(shape)
-    if n > 1 and int(np.prod(shape, dtype=np.int64)) >= self.min_shard_size:
-      dims = [d for d in range(len(shape)) if shape[d] % n == 0]
-      if dims:
-        spec[max(dims, key=lambda d: (shape[d], -d))] = self.model_axis
-    return tuple(spec)
-
-  def _specs_by_shape(self, params):
-    """{shape: spec} from the user's param_specs (first param of a shape)."""
-    if self.param_specs is None:
-      return None
-    out = {}
-    specs = jax.tree.leaves(self.param_specs,
-                            is_leaf=lambda x: isinstance(x, P))
-    leaves = jax.tree.leaves(params)
-    if len(specs) != len(leaves):
-      raise ValueError(f"param_specs must have one PartitionSpec per param "
-                       f"leaf ({len(leaves)}), got {len(specs)}")
-    for leaf, spec in zip(leaves, specs):
-      spec = tuple(spec) + (None,) * (len(leaf.shape) - len(tuple(spec)))
-      bad = [a for a in spec if a not in (None, self.model_axis)]
-      if bad or len(spec) != len(leaf.shape):
-        raise ValueError(f"param_specs: {spec} for a leaf of shape "
-                         f"{tuple(leaf.shape)} may only name the model axis "
-                         f"{self.model_axis!r}, once per dimension")
-      out.setdefault(tuple(leaf.shape), spec)
-    return out
-
   def state_shardings(self, abstract_state: TrainState):
     """NamedShardings for every leaf of a state (None without a mesh).
 
     Replica-stacked leaves are split over the replica axis (their first
-    dimension) and, on a 2-D mesh, over the model axis (`model_spec`).
+    dimension) and, on a 2-D mesh, over the model axis
+    (`layout.Layout.model_spec`).
     """
-    if self.mesh is None:
-      return None
-    by_shape = self._specs_by_shape(abstract_state.params)
-
-    def shard(prefix, leaf):
-      stacked = prefix == P(self.axis_name)
-      shape = tuple(leaf.shape)
-      rest = self.model_spec(shape[1:] if stacked else shape, by_shape)
-      spec = P(self.axis_name, *rest) if stacked else P(*rest)
-      return NamedSharding(self.mesh, spec)
-
-    return jax.tree.map(
-        lambda prefix, sub: jax.tree.map(lambda x: shard(prefix, x), sub),
-        self._state_specs(), abstract_state,
-        is_leaf=lambda x: isinstance(x, P))
+    return self.layout.shardings(self._state_specs(), abstract_state,
+                                 abstract_state.params)
 
   def abstract_state(self, params: Params) -> TrainState:
     """The state's shapes, dtypes and shardings (an orbax restore target)."""
@@ -416,198 +291,28 @@ class Engine:
     streaming schedule).
     """
     if self.outer.data_parallel:
-      per_sync = [self._dp_compressor.payload_bytes(params)] * self.inner_steps
+      per_sync = [self._data_parallel.compressor.payload_bytes(params)] * self.inner_steps
     else:
       per_sync = [self.compressor.payload_bytes(fragments_lib.take(params, f))
                   * self.outer.comm_multiplier
                   for f in self._fragments(params)]
     payload = float(sum(per_sync))
     m = self.num_replicas
-    comp = self._dp_compressor if self.outer.data_parallel else self.compressor
+    comp = self._data_parallel.compressor if self.outer.data_parallel else self.compressor
     gather = getattr(comp, "collective", "all_reduce") == "all_gather"
     return {"payload_bytes": payload,
             "ring_bytes": payload * ((m - 1) if gather else 2 * (m - 1) / m),
             "peak_payload_bytes": float(max(per_sync))}
 
   # --------------------------------------------------------------------------
-  # Local steps.
-
-  def _loss_and_grad(self, params, batch, rng, anchor, client=(),
-                     outer_state=()):
-    def total(p):
-      loss, aux = _split_loss(self.loss_fn(p, batch, rng))
-      full = loss
-      if self.outer.penalty is not None:
-        full = loss + self.outer.penalty(p, anchor)
-      return full, (loss, aux)
-
-    (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
-    if self.outer.correct_grad is not None:
-      grads = self.outer.correct_grad(grads, client, outer_state)
-    return loss, aux, grads
-
-  def _run_replica(self, params, opt_state, batch, num_steps, key, client, *,
-                   anchor, outer_state, start: int, stragglers: bool):
-    """Inner steps of one replica over `batch`'s leading (step) axis.
-
-    Steps are numbered from `start` (for the per-step keys); with
-    `stragglers`, steps numbered ≥ num_steps are skipped (a branch when
-    replicas run in sequence, a select under vmap). Returns the new params
-    and state, the sums of the loss and aux metrics over the steps taken,
-    their count, and whether every loss taken was finite.
-    """
-
-    def take_step(p, o, b, t):
-      loss, aux, grads = self._loss_and_grad(
-          p, b, jax.random.fold_in(key, t), anchor, client, outer_state)
-      updates, o = self.inner_opt.update(grads, o, p)
-      return optax.apply_updates(p, updates), o, loss, aux
-
-    def step(carry, xs):
-      p, o = carry
-      b, t = xs
-      if not stragglers:
-        p, o, loss, aux = take_step(p, o, b, t)
-        return (p, o), (loss, aux)
-      active = t < num_steps
-      if self.replica_mode == "sequential":
-        shapes = jax.eval_shape(take_step, p, o, b, t)
-        # Zeros typed like the replica's own values (varying over the mesh
-        # axis inside shard_map, as the taken branch's are).
-        zero = lambda s: jnp.zeros(s.shape, s.dtype) + jnp.zeros_like(
-            num_steps, s.dtype)
-        skip = lambda p, o, b, t: (p, o) + tuple(jax.tree.map(zero,
-                                                              shapes[2:]))
-        p, o, loss, aux = jax.lax.cond(active, take_step, skip, p, o, b, t)
-      else:
-        p_new, o_new, loss, aux = take_step(p, o, b, t)
-        keep = lambda new, old: jax.tree.map(
-            lambda a, b_: jnp.where(active, a, b_), new, old)
-        p, o = keep(p_new, p), keep(o_new, o)
-      return (p, o), (loss, aux)
-
-    n = jax.tree.leaves(batch)[0].shape[0]
-    steps = start + jnp.arange(n, dtype=jnp.int32)
-    (params, opt_state), (losses, aux) = jax.lax.scan(
-        step, (params, opt_state), (batch, steps))
-    if stragglers:
-      active = steps < num_steps
-      total = lambda x: jnp.sum(jnp.where(active, x, 0.0))
-      count = jnp.sum(active).astype(jnp.int32)
-    else:
-      total = jnp.sum
-      count = jnp.full([], n, jnp.int32)
-    # A non-finite loss on any step taken marks the replica as diverged.
-    finite = jnp.isfinite(total(losses))
-    return (params, opt_state, total(losses), jax.tree.map(total, aux),
-            count, finite)
-
-  def _local_phase(self, replica_params, inner_state, batch, num_steps,
-                   replica_keys, client, *, anchor, outer_state, start=0,
-                   stragglers=True):
-    """`_run_replica` over the local block of replicas (vmap or in turn)."""
-
-    def one(xs):
-      return self._run_replica(*xs, anchor=anchor, outer_state=outer_state,
-                               start=start, stragglers=stragglers)
-
-    xs = (replica_params, inner_state, batch, num_steps, replica_keys, client)
-    if self.replica_mode == "vmap":
-      return jax.vmap(one)(xs)
-    return jax.lax.map(one, xs)
-
-  # --------------------------------------------------------------------------
-  # The sync.
-
-  def _weights(self, ok, num_examples, ops):
-    """w_i = n_i / Σ_j n_j over the replicas that count; and Σ_j n_j > 0."""
-    raw = jnp.where(ok, num_examples, 0.0).astype(jnp.float32)
-    total = ops.sum(raw)
-    return raw / jnp.maximum(total, 1e-30), total > 0
-
-  def _sync(self, g, outer_state, new_p, comm_state, client, ok, num_examples,
-            num_steps, comm_keys, sync_key, ops):
-    """Δ_i, compression, the weighted average and `outer.sync`.
-
-    Works on any tree shaped like the params (the whole model or one
-    fragment of it). Replicas that are not `ok` (sat out or diverged) count
-    for nothing and restart from the new global model.
-
-    Returns:
-      (new global, new replica params, outer state, compressor state, client
-      state, Δ).
-    """
-    deltas = jax.tree.map(lambda g_, p: g_[None] - p, g, new_p)
-    weights, anyone = self._weights(ok, num_examples, ops)
-    # Zero (not multiply) what must not count: 0 × NaN is NaN.
-    deltas = rep.select(ok, deltas, jax.tree.map(jnp.zeros_like, deltas))
-    sent, new_comm = jax.vmap(self.compressor.compress)(deltas, comm_state,
-                                                        comm_keys)
-    comm_state = rep.select(ok, new_comm, comm_state)
-    delta = ops.weighted_sum(sent, weights)
-    inputs = SyncInputs(global_params=g, replica_params=new_p, deltas=sent,
-                        delta=delta, weights=weights, key=sync_key,
-                        client_state=client, num_steps=num_steps)
-    result = self.outer.sync(inputs, outer_state, ops)
-    new_g, new_replicas, new_outer = result[:3]
-    if len(result) > 3:
-      client = rep.select(ok, result[3], client)
-    keep_if_nobody = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(anyone, a, b), new, old)
-    new_g = keep_if_nobody(new_g, g)
-    outer_state = keep_if_nobody(new_outer, outer_state)
-    restart = rep.broadcast_to(new_g, new_replicas)
-    return (new_g, rep.select(ok, new_replicas, restart), outer_state,
-            comm_state, client, delta)
-
-  def _merge(self, local, global_):
-    """Streaming merge θ_i ← α·θ_i + (1 − α)·θ; a diverged replica takes θ."""
-    a = self.schedule.merge_alpha
-    def merge(p, g):
-      out = a * p + (1 - a) * g[None] if a else jnp.broadcast_to(g, p.shape)
-      return out.astype(p.dtype)
-    merged = jax.tree.map(merge, local, global_)
-    return rep.select(rep.all_finite(local), merged,
-                      rep.broadcast_to(global_, local))
-
-  # --------------------------------------------------------------------------
   # The round.
-
-  def _round_keys(self, state, ops):
-    round_key = jax.random.fold_in(state.rng, state.round)
-    sync_key, step_key = jax.random.split(round_key)
-    replica_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(ops.index)
-    comm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(
-        replica_keys)
-    return sync_key, replica_keys, comm_keys
-
-  def _round_metrics(self, ok, mask, finite, loss_sum, aux_sum, count,
-                     delta_sq, ops):
-    n_ok = ops.sum(ok.astype(jnp.float32))
-    denom = jnp.maximum(count, 1)
-    loss_i = loss_sum / denom
-    # Mean over the replicas that counted; NaN (not a perfect 0) when none did.
-    mean_ok = lambda v: jnp.where(
-        n_ok > 0, ops.sum(jnp.where(ok, v, 0.0)) / jnp.maximum(n_ok, 1),
-        jnp.nan)
-    metrics = {
-        "loss": mean_ok(loss_i),
-        # Gathered: M scalars, so every process can read every replica's loss.
-        "replica_loss": ops.gather(loss_i),
-        "outer_grad_norm": jnp.sqrt(delta_sq),
-        "participants": n_ok,
-        "nonfinite_replicas": ops.sum((mask & ~finite).astype(jnp.float32)),
-    }
-    for k, v in aux_sum.items():
-      metrics[f"inner/{k}"] = mean_ok(v / denom)
-    return metrics
 
   def _round_local(self, state: TrainState, batch, mask, num_examples,
                    num_steps, ops: ReplicaOps, stragglers: bool):
-    sync_key, replica_keys, comm_keys = self._round_keys(state, ops)
+    sync_key, replica_keys, comm_keys = sync_lib.round_keys(state, ops)
     if self.outer.data_parallel:
-      return self._dp_round_local(state, batch, mask, num_examples,
-                                  replica_keys, comm_keys, ops)
+      return self._data_parallel.round(state, batch, mask, num_examples,
+                                       replica_keys, comm_keys, ops)
     plain = self.schedule.is_plain
     frags = self._fragments(state.params)
     as_list = lambda x: [x] if plain else list(x)
@@ -623,7 +328,7 @@ class Engine:
     delta_sq = jnp.zeros([], jnp.float32)
     for t0, t1, events in self.schedule.segments(self.inner_steps):
       chunk = jax.tree.map(lambda x, t0=t0, t1=t1: x[:, t0:t1], batch)
-      reps, inner, l_sum, a_sum, c, fin = self._local_phase(
+      reps, inner, l_sum, a_sum, c, fin = self.steps.local_phase(
           reps, inner, chunk, num_steps, replica_keys, client, anchor=g,
           outer_state=state.outer_state, start=t0, stragglers=stragglers)
       loss_sum, count = loss_sum + l_sum, count + c
@@ -636,8 +341,8 @@ class Engine:
           finite = finite & rep.all_finite(reps_p)
           ok_all = ok = ok_all & finite
           (new_g_p, new_reps_p, outer_states[p], comm_states[p], client,
-           delta) = self._sync(
-               g_p, outer_states[p], reps_p, comm_states[p], client, ok,
+           delta) = sync_lib.outer_sync(
+               self.outer, self.compressor, g_p, outer_states[p], reps_p, comm_states[p], client, ok,
                num_examples, num_steps,
                comm_keys if plain else jax.vmap(
                    lambda k, p=p: jax.random.fold_in(k, p))(comm_keys),
@@ -647,11 +352,11 @@ class Engine:
           g = fragments_lib.put(g, idx, new_g_p)
           if self.schedule.overlap_steps == 0:
             if self.schedule.merge_alpha:
-              new_reps_p = rep.select(ok, self._merge(reps_p, new_g_p),
+              new_reps_p = rep.select(ok, sync_lib.merge(self.schedule.merge_alpha, reps_p, new_g_p),
                                       new_reps_p)
             reps = fragments_lib.put(reps, idx, new_reps_p)
         else:  # A merge τ steps after this fragment's sync.
-          merged = self._merge(reps_p, g_p)
+          merged = sync_lib.merge(self.schedule.merge_alpha, reps_p, g_p)
           if kind == "merge_next":  # Its sync was last round: none in round 0.
             merged = jax.tree.map(lambda a, b: jnp.where(state.round > 0, a, b),
                                   merged, reps_p)
@@ -665,102 +370,13 @@ class Engine:
     if self.outer.reset_inner_state:
       inner = jax.vmap(lambda o, p: rep.fresh_inner_state(self.inner_opt, o, p))(
           inner, reps)
-    metrics = self._round_metrics(ok, mask, finite, loss_sum, aux_sum, count,
+    metrics = sync_lib.round_metrics(ok, mask, finite, loss_sum, aux_sum, count,
                                   delta_sq, ops)
     new_state = state.replace(params=g, outer_state=as_state(outer_states),
                               replica_params=reps, inner_state=inner,
                               comm_state=as_state(comm_states),
                               client_state=client, round=state.round + 1)
     return new_state, metrics
-
-  def _dp_per_replica_grad(self, p, b, keys, mask, num_examples, cs,
-                           step_keys, ops):
-    """Per-replica gradients, each checked, compressed and aggregated once."""
-    comp = self._dp_compressor
-    aggregate = getattr(comp, "aggregate", None)  # Default: weighted mean.
-    p_local = ops.varying(p)
-    loss_i, aux_i, grads_i = jax.vmap(
-        self._loss_and_grad, in_axes=(None, 0, 0, None))(p_local, b, keys,
-                                                          p_local)
-    ok = mask & jnp.isfinite(loss_i) & jax.vmap(rep.tree_finite)(grads_i)
-    weights, anyone = self._weights(ok, num_examples, ops)
-    grads_i = rep.select(ok, grads_i, jax.tree.map(jnp.zeros_like, grads_i))
-    sent, cs_new = jax.vmap(comp.compress)(grads_i, cs, step_keys)
-    cs = rep.select(ok, cs_new, cs)
-    grad = (ops.weighted_sum(sent, weights) if aggregate is None else
-            aggregate(sent, weights, ops))
-    return grad, cs, loss_i, aux_i, ok, anyone
-
-  def _dp_summed_grad(self, p, b, keys, mask, num_examples, cs, step_keys,
-                      ops):
-    """Uncompressed: Σ_i w_i ∇ℓ_i as ONE backward pass (a vjp with the weights
-    as cotangent), never materialising M gradients. Where a replica's
-    gradient is non-finite, the sum is too: then the per-replica path runs
-    and drops that replica."""
-    p_local = ops.varying(p)
-
-    def losses(q):
-      out = jax.vmap(lambda bb, kk: _split_loss(self.loss_fn(q, bb, kk)))(
-          b, keys)
-      return out[0], out
-
-    loss_i, pullback, (_, aux_i) = jax.vjp(losses, p_local, has_aux=True)
-    ok = mask & jnp.isfinite(loss_i)
-    weights, anyone = self._weights(ok, num_examples, ops)
-    (grad,) = pullback(weights.astype(loss_i.dtype))
-    grad = ops.across(grad)
-    return jax.lax.cond(
-        rep.tree_finite(grad),
-        lambda: (grad, cs, loss_i, aux_i, ok, anyone),
-        lambda: self._dp_per_replica_grad(p, b, keys, mask, num_examples, cs,
-                                          step_keys, ops))
-
-  def _dp_round_local(self, state, batch, mask, num_examples, replica_keys,
-                      comm_keys, ops):
-    """Data-parallel family: every step, (compressed) gradients are averaged."""
-    batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
-    tx = self._dp_tx
-    summed = (compress_lib.is_none(self._dp_compressor) and
-              self.outer.correct_grad is None and self.outer.penalty is None)
-    grad_fn = self._dp_summed_grad if summed else self._dp_per_replica_grad
-
-    def step(carry, xs):
-      p, o, cs = carry
-      b, t = xs
-      keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(replica_keys)
-      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(comm_keys)
-      grad, cs, loss_i, aux_i, ok, anyone = grad_fn(
-          p, b, keys, mask, num_examples, cs, step_keys, ops)
-      updates, o_new = tx.update(grad, o, p)
-      p_new = optax.apply_updates(p, updates)
-      keep = lambda new, old: jax.tree.map(
-          lambda a, b_: jnp.where(anyone, a, b_), new, old)
-      return (keep(p_new, p), keep(o_new, o), cs), (loss_i, aux_i, ok,
-                                                    optax.tree.norm(grad))
-
-    steps = jnp.arange(self.inner_steps, dtype=jnp.int32)
-    (params, opt_state, comm_state), (losses, aux, oks, gnorms) = jax.lax.scan(
-        step, (state.params, state.inner_state, state.comm_state),
-        (batch_t, steps))
-    okf = oks.astype(jnp.float32)  # [H, m]
-    per_replica = lambda x: jnp.sum(jnp.where(oks, x, 0.0), 0) / jnp.maximum(
-        jnp.sum(okf, 0), 1)
-    n_ok = ops.sum(jnp.sum(okf, 0))
-    mean_ok = lambda x: jnp.where(
-        n_ok > 0, ops.sum(jnp.sum(jnp.where(oks, x, 0.0), 0)) /
-        jnp.maximum(n_ok, 1), jnp.nan)
-    metrics = {
-        "loss": mean_ok(losses),
-        "replica_loss": ops.gather(per_replica(losses)),
-        "outer_grad_norm": jnp.mean(gnorms),  # Mean gradient norm over steps.
-        "participants": ops.sum(jnp.all(oks, 0).astype(jnp.float32)),
-        "nonfinite_replicas": ops.sum(
-            (mask & ~jnp.all(oks | ~mask[None], 0)).astype(jnp.float32)),
-    }
-    for k, v in aux.items():
-      metrics[f"inner/{k}"] = mean_ok(v)
-    return state.replace(params=params, inner_state=opt_state,
-                         comm_state=comm_state, round=state.round + 1), metrics
 
   def _round_fn(self, state, batch, mask, num_examples, num_steps, *,
                 stragglers: bool):
@@ -802,20 +418,6 @@ class Engine:
 
   # --------------------------------------------------------------------------
   # Host-side entry point.
-
-  def _put_replica_axis(self, x):
-    """Places an array with a leading replica axis on the mesh."""
-    if self.mesh is None:
-      return x
-    sharding = NamedSharding(self.mesh, P(self.axis_name))
-    if isinstance(x, jax.Array) and x.sharding == sharding:
-      return x
-    x = np.asarray(x)
-    if x.shape[0] == self.num_replicas:
-      return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-    # A process's own replicas only (multi-process runs).
-    return jax.make_array_from_process_local_data(
-        sharding, x, (self.num_replicas,) + x.shape[1:])
 
   def round(self, state: TrainState, batch: Batch, *,
             mask: Optional[Any] = None, num_examples: Optional[Any] = None,
@@ -887,7 +489,7 @@ class Engine:
     # Paying for skipped steps only in rounds that have stragglers: a second
     # program, compiled once, the first time one shows up.
     stragglers = bool(np.any(num_steps < h)) and not self.outer.data_parallel
-    put = self._put_replica_axis
+    put = lambda x: self.layout.put_replica_axis(x, self.num_replicas)
     return (jax.tree.map(put, batch), put(mask), put(num_examples),
             put(num_steps)), stragglers
 

@@ -44,6 +44,13 @@ def tree_finite(tree) -> jax.Array:
   return jnp.isfinite(functools.reduce(jnp.add, sums, jnp.zeros([])))
 
 
+def weights(ok, num_examples, ops: ReplicaOps):
+  """w_i = n_i / Σ_j n_j over the replicas that count; and whether Σ_j n_j > 0."""
+  raw = jnp.where(ok, num_examples, 0.0).astype(jnp.float32)
+  total = ops.sum(raw)
+  return raw / jnp.maximum(total, 1e-30), total > 0
+
+
 def broadcast_to(tree, like):
   """An unbatched tree repeated along the replica axis of `like`."""
   return jax.tree.map(

@@ -1,0 +1,142 @@
+"""A replica's inner steps: H optimizer steps in one `lax.scan`.
+
+The engine runs `local_phase` over the replicas a device holds, all at once
+(`jax.vmap`) or one after another (`lax.map`): the same numbers either way;
+sequential needs one replica's activations at a time. What an algorithm adds
+locally (a penalty on the loss, a correction of every gradient) is data on
+the `OuterAlgorithm`.
+"""
+
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_lab.outer.base import OuterAlgorithm
+from fedjax_lab.typing import LossFn
+
+REPLICA_MODES = ("auto", "vmap", "sequential")
+
+
+def default_replica_mode() -> str:
+  """'sequential' on CPU, where many small vmapped matmuls run slowly
+  (bench/round_throughput.py), 'vmap' on accelerators."""
+  return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
+def split_loss(out) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """(loss, aux dict) from a loss_fn's output (a loss or a (loss, aux) pair)."""
+  if isinstance(out, tuple):
+    loss, aux = out
+    return loss, dict(aux)
+  return out, {}
+
+
+class ReplicaSteps:
+  """One replica's local training, for any algorithm.
+
+  Attributes:
+    loss_fn: (params, batch, rng) -> loss or (loss, metrics).
+    inner_opt: the optax optimizer every replica runs.
+    outer: the algorithm (its `penalty` and `correct_grad` apply locally).
+    replica_mode: 'vmap' or 'sequential'.
+  """
+
+  def __init__(self, loss_fn: LossFn, inner_opt: optax.GradientTransformation,
+               outer: OuterAlgorithm, replica_mode: str):
+    if replica_mode not in REPLICA_MODES:
+      raise ValueError(f"replica_mode must be one of {', '.join(REPLICA_MODES)}, "
+                       f"got {replica_mode!r}")
+    self.loss_fn = loss_fn
+    self.inner_opt = inner_opt
+    self.outer = outer
+    self.replica_mode = (default_replica_mode() if replica_mode == "auto"
+                         else replica_mode)
+
+  def loss_and_grad(self, params, batch, rng, anchor, client=(),
+                    outer_state=()):
+    """(loss, aux, grads) of one step: the algorithm's penalty added to the
+    loss (anchored at the global model), its correction to the gradient."""
+
+    def total(p):
+      loss, aux = split_loss(self.loss_fn(p, batch, rng))
+      full = loss
+      if self.outer.penalty is not None:
+        full = loss + self.outer.penalty(p, anchor)
+      return full, (loss, aux)
+
+    (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
+    if self.outer.correct_grad is not None:
+      grads = self.outer.correct_grad(grads, client, outer_state)
+    return loss, aux, grads
+
+  def run_replica(self, params, opt_state, batch, num_steps, key, client, *,
+                  anchor, outer_state, start: int, stragglers: bool):
+    """Inner steps of one replica over `batch`'s leading (step) axis.
+
+    Steps are numbered from `start` (for the per-step keys); with
+    `stragglers`, steps numbered ≥ num_steps are skipped (a branch when
+    replicas run in sequence, a select under vmap). Returns the new params
+    and state, the sums of the loss and aux metrics over the steps taken,
+    their count, and whether every loss taken was finite.
+    """
+
+    def take_step(p, o, b, t):
+      loss, aux, grads = self.loss_and_grad(
+          p, b, jax.random.fold_in(key, t), anchor, client, outer_state)
+      updates, o = self.inner_opt.update(grads, o, p)
+      return optax.apply_updates(p, updates), o, loss, aux
+
+    def step(carry, xs):
+      p, o = carry
+      b, t = xs
+      if not stragglers:
+        p, o, loss, aux = take_step(p, o, b, t)
+        return (p, o), (loss, aux)
+      active = t < num_steps
+      if self.replica_mode == "sequential":
+        shapes = jax.eval_shape(take_step, p, o, b, t)
+        # Zeros typed like the replica's own values (varying over the mesh
+        # axis inside shard_map, as the taken branch's are).
+        zero = lambda s: jnp.zeros(s.shape, s.dtype) + jnp.zeros_like(
+            num_steps, s.dtype)
+        skip = lambda p, o, b, t: (p, o) + tuple(jax.tree.map(zero,
+                                                              shapes[2:]))
+        p, o, loss, aux = jax.lax.cond(active, take_step, skip, p, o, b, t)
+      else:
+        p_new, o_new, loss, aux = take_step(p, o, b, t)
+        keep = lambda new, old: jax.tree.map(
+            lambda a, b_: jnp.where(active, a, b_), new, old)
+        p, o = keep(p_new, p), keep(o_new, o)
+      return (p, o), (loss, aux)
+
+    n = jax.tree.leaves(batch)[0].shape[0]
+    steps = start + jnp.arange(n, dtype=jnp.int32)
+    (params, opt_state), (losses, aux) = jax.lax.scan(
+        step, (params, opt_state), (batch, steps))
+    if stragglers:
+      active = steps < num_steps
+      total = lambda x: jnp.sum(jnp.where(active, x, 0.0))
+      count = jnp.sum(active).astype(jnp.int32)
+    else:
+      total = jnp.sum
+      count = jnp.full([], n, jnp.int32)
+    # A non-finite loss on any step taken marks the replica as diverged.
+    finite = jnp.isfinite(total(losses))
+    return (params, opt_state, total(losses), jax.tree.map(total, aux),
+            count, finite)
+
+  def local_phase(self, replica_params, inner_state, batch, num_steps,
+                  replica_keys, client, *, anchor, outer_state, start=0,
+                  stragglers=True):
+    """`run_replica` over the local block of replicas (vmap or in turn)."""
+
+    def one(xs):
+      return self.run_replica(*xs, anchor=anchor, outer_state=outer_state,
+                               start=start, stragglers=stragglers)
+
+    xs = (replica_params, inner_state, batch, num_steps, replica_keys, client)
+    if self.replica_mode == "vmap":
+      return jax.vmap(one)(xs)
+    return jax.lax.map(one, xs)
