@@ -7,9 +7,10 @@ by the base config); arms differ only in the outer algorithm, H, the outer
 hyperparameters and the seed. The sweep is data (`get_sweep`), as big_vision
 does it.
 
-Run (the default sweep: 11 arms, about 8 minutes on 2 CPU cores):
+Run (the default sweep: 12 arms, about 9 minutes on 2 CPU cores):
   python experiments/compare.py --config=configs/compare.py --workdir=/tmp/fedjax_lab/compare
-Other sweeps (see SWEEPS): --sweep=h, --sweep=lr, --sweep=seeds, --sweep=full.
+Other sweeps (see SWEEPS): --sweep=h, --sweep=lr, --sweep=scaffold,
+--sweep=seeds, --sweep=full.
 A tiny version for tests: --config=configs/compare.py:smoke --sweep=tiny.
 """
 
@@ -25,7 +26,9 @@ from configs import smoke
 # diloco 0.5 [2.000] over 0.7 [2.025]; fedadam 0.03 [2.266] over 0.01
 # [2.372] and 0.003 [2.638]; fedyogi 0.03 [2.265] over 0.01 [2.373];
 # fedadagrad 0.05 [2.414] over 0.01 [2.982]; fedavgm 0.5 [2.348] over 0.2
-# [2.442]; papa α 0.9 [2.219] over 0.975 [2.473]. Others: papers' defaults.
+# [2.442]; papa α 0.9 [2.219] over 0.975 [2.473]; demo η 3e-3 [1.867] over
+# 3e-4 [2.605], 1e-3 [2.198], 5e-3 [1.916], 1e-2 [1.968]. Others: papers'
+# defaults.
 TUNED = {
     "ddp": {},
     "diloco": {"learning_rate": 0.5, "momentum": 0.9},
@@ -39,10 +42,18 @@ TUNED = {
     "papa": {"alpha": 0.9},
     "papa_all": {},
     "papa_2": {},
+    "demo": {"learning_rate": 3e-3},
+    "scaffold": {"local_lr": 0.1, "server_lr": 1.0},
 }
+# SCAFFOLD's option II assumes plain constant-lr SGD inner steps; its arms
+# (and a FedAvg control with the same inner SGD) override the inner optimizer.
+SGD_INNER = {"inner.optimizer": "sgd", "inner.learning_rate": 0.1,
+             "inner.warmup_steps": 0, "inner.decay": "constant",
+             "inner.weight_decay": 0.0, "inner.grad_clip": 0.0,
+             "inner.momentum": 0.0}
 # The order of the table and the plots' legends.
 ALGORITHMS = ("ddp", "diloco", "fedavg", "fedavgm", "fedadam", "fedyogi",
-              "fedadagrad", "easgd", "fedprox", "papa", "papa_all")
+              "fedadagrad", "easgd", "fedprox", "papa", "papa_all", "demo")
 # The outer learning rate grid of --sweep=lr (hparam swept per family).
 LR_GRID = {
     "diloco": ("learning_rate", (0.3, 0.5, 0.7, 1.0)),
@@ -53,6 +64,7 @@ LR_GRID = {
     "easgd": ("beta", (0.5, 0.9)),
     "fedprox": ("mu", (0.001, 0.01, 0.1)),
     "papa": ("alpha", (0.5, 0.9, 0.975)),
+    "demo": ("learning_rate", (1e-3, 3e-3, 1e-2)),
 }
 H_GRID = (10, 25, 50)  # Inner steps per round, --sweep=h and --sweep=full.
 
@@ -89,8 +101,9 @@ def get_config(size: str = "cpu"):
 
 
 def arm(config, algorithm: str, *, inner_steps=None, hparams=None, seed=0,
-        name=None):
-  """One arm: overrides of the base config keeping the token budget equal."""
+        name=None, extra=None):
+  """One arm: overrides of the base config keeping the token budget equal
+  (`extra`: more overrides, e.g. the inner optimizer)."""
   base_h = config.inner.steps
   h = inner_steps or base_h
   budget = config.train.rounds * base_h
@@ -115,6 +128,7 @@ def arm(config, algorithm: str, *, inner_steps=None, hparams=None, seed=0,
           "train.checkpoint_every": per(config.train.checkpoint_every),
           "train.seed": seed,
           "model.init_seed": seed,
+          **(extra or {}),
       },
   }
 
@@ -143,6 +157,13 @@ def _lr(config):
   return arms
 
 
+def _scaffold(config):
+  """SCAFFOLD and FedAvg with the same plain-SGD inner steps, against ddp."""
+  return [arm(config, "ddp"),
+          arm(config, "scaffold", extra=SGD_INNER, name="scaffold_sgd"),
+          arm(config, "fedavg", extra=SGD_INNER, name="fedavg_sgd")]
+
+
 def _seeds(config):
   return [arm(config, a, seed=s) for a in ALGORITHMS for s in SEEDS]
 
@@ -150,6 +171,7 @@ def _seeds(config):
 def _full(config):
   """algorithm × H × outer lr × seed (ddp: × seed only): hours on a CPU."""
   arms = [arm(config, "ddp", seed=s) for s in SEEDS]
+  arms += [a for a in _scaffold(config) if a["name"] != "ddp_H25"]
   for algorithm, (key, values) in LR_GRID.items():
     for h, v, s in itertools.product(_h_values(config), values, SEEDS):
       arms.append(arm(config, algorithm, inner_steps=h,
@@ -159,7 +181,7 @@ def _full(config):
 
 
 SWEEPS = {"default": _default, "tiny": _tiny, "h": _h, "lr": _lr,
-          "seeds": _seeds, "full": _full}
+          "scaffold": _scaffold, "seeds": _seeds, "full": _full}
 
 
 def get_sweep(config: ml_collections.ConfigDict, name: str = "default"):
