@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dataset = "stdlib"  # 'stdlib' (built-in, offline) or a prepared TFDS name.
   config.data.subset = "small"  # stdlib subset: 'full', 'no_tests' or 'small'.
   config.data.data_dir = ""  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  config.data.partition = "by_source"  # Replica shards: 'iid', 'by_source' or 'dirichlet'.
+  config.data.partition = "by_source"  # Replica shards: 'iid', 'by_source' or 'dirichlet'; with train.num_clients > 0, client shards: 'by_file', 'by_group', 'dirichlet' or 'iid'.
   config.data.alpha = 0.5  # Dirichlet concentration (partition='dirichlet' only).
   config.data.eval_batch_size = 64  # Sequences per eval batch.
   config.data.eval_batches = 16  # Eval batches per evaluation; 0 = the whole split.
@@ -120,6 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.nonfinite_policy = "drop"  # A diverged replica: 'drop' (count, warn) or 'stop' (error).
   config.train.max_empty_rounds = 3  # This many rounds in a row with no replica left (all non-finite) end the run as 'diverged'; 0 = never.
   config.train.tensorboard = True  # Write TensorBoard event files to the workdir.
+  # A federated population (issue 14): N clients, M = train.num_replicas of
+  # them sampled into the replica slots each round (FedAvg's C·N).
+  config.train.num_clients = 0  # N: clients in the population; 0 = none (M fixed replica shards).
+  config.train.clients_per_round = 0  # Clients sampled per round; 0 = train.num_replicas (any other value must equal it).
+  config.train.sampling = "uniform"  # Which clients per round: 'uniform' or 'weighted' (by client size).
+  config.train.local_epochs = 0  # E: local epochs per sampled client (ceil(n_i/B)·E steps); 0 = inner.steps steps.
+  config.train.max_local_steps = 0  # With local_epochs: cap on a client's local steps (the round's step axis); 0 = no cap.
+  config.train.target_eval_loss = 0.0  # Comparison reports: rounds to the first eval with loss <= this; 0 = no target.
 
   # How the engine runs replicas (fedjax_lab.engine.Engine).
   config.engine = ml_collections.ConfigDict()

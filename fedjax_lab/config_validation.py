@@ -39,6 +39,12 @@ CLASSIFIERS = ("mlp", "cnn")
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("cosine", "linear", "constant")
 PARTITIONS = ("iid", "by_source", "dirichlet")
+# data.partition values that make a population's clients (train.num_clients > 0).
+CLIENT_PARTITIONS = ("by_file", "by_group", "dirichlet", "iid")
+SAMPLING_KINDS = ("uniform", "weighted")
+# Algorithms whose replicas keep their own parameters across rounds: under
+# client sampling a slot's parameters would pass from one client to another.
+REPLICA_PERSISTENT = ("easgd", "papa", "papa_all", "papa_2")
 STDLIB_SUBSETS = ("full", "no_tests", "small")
 REPLICA_MODES = ("auto", "vmap", "sequential")
 INNER_OPTIMIZERS = ("adamw", "sgd")
@@ -100,7 +106,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "dataset": ("str", _any),
         "subset": ("str", _one_of(STDLIB_SUBSETS)),
         "data_dir": ("str", _any),
-        "partition": ("str", _one_of(PARTITIONS)),
+        "partition": ("str", _one_of(
+            PARTITIONS + tuple(p for p in CLIENT_PARTITIONS
+                               if p not in PARTITIONS))),
         "alpha": ("float", _range(0.0, lo_open=True)),
         "eval_batch_size": ("int", POSITIVE),
         "eval_batches": ("int", NONNEG),
@@ -145,6 +153,12 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "nonfinite_policy": ("str", _one_of(NONFINITE_POLICIES)),
         "max_empty_rounds": ("int", NONNEG),
         "tensorboard": ("bool", _any),
+        "num_clients": ("int", NONNEG),
+        "clients_per_round": ("int", NONNEG),
+        "sampling": ("str", _one_of(SAMPLING_KINDS)),
+        "local_epochs": ("int", NONNEG),
+        "max_local_steps": ("int", NONNEG),
+        "target_eval_loss": ("float", NONNEG),
     },
     "mesh": {
         "num_devices": ("int", _range(-1)),
@@ -375,6 +389,71 @@ def check_consistency(config, *, device_count: int) -> None:
                       f"{config.inner.optimizer!r}; set it to 0")
 
 
+def check_population(config) -> None:
+  """The population fields (train.num_clients ...) agree with each other.
+
+  With train.num_clients = 0 (no population) they must keep their defaults;
+  with N > 0, M = train.num_replicas clients fill the slots each round, and
+  under sampling (N > M) only algorithms whose replica slots carry nothing
+  from one round to the next (or carry it per client, SCAFFOLD's c_i, in
+  the run's client store) are allowed.
+  """
+  tc = config.train
+  n, m = tc.num_clients, tc.num_replicas
+  partition = config.data.partition
+  if not n:
+    for field, default in (("clients_per_round", 0), ("local_epochs", 0),
+                           ("max_local_steps", 0), ("sampling", "uniform")):
+      if tc[field] != default:
+        raise ConfigError(
+            f"train.{field}: is for a population of clients; set "
+            f"train.num_clients > 0, or leave it at {default!r} (got "
+            f"{show(tc[field])})")
+    if partition not in PARTITIONS:
+      raise ConfigError(
+          f"data.partition: {partition!r} makes clients, for a population "
+          f"only: set train.num_clients > 0, or use one of {list(PARTITIONS)} "
+          "for M replica shards")
+    return
+  if tc.clients_per_round not in (0, m):
+    raise ConfigError(
+        f"train.clients_per_round: must equal train.num_replicas={m} (the "
+        f"replica slots the sampled clients fill) or be 0 (the same), got "
+        f"{tc.clients_per_round}; set train.num_replicas instead")
+  if n < m:
+    raise ConfigError(f"train.num_clients: must be >= train.num_replicas={m} "
+                      f"(clients sampled per round), got {n}")
+  if partition not in CLIENT_PARTITIONS:
+    raise ConfigError(
+        f"data.partition: with train.num_clients > 0 the clients are made by "
+        f"one of {list(CLIENT_PARTITIONS)}, got {partition!r} ('by_group' "
+        "makes by_source's units clients)")
+  if tc.max_local_steps and not tc.local_epochs:
+    raise ConfigError(f"train.max_local_steps: caps train.local_epochs' "
+                      f"steps; set local_epochs > 0 or leave it 0 (got "
+                      f"{tc.max_local_steps})")
+  outer = outer_lib.get(config.outer.name, **outer_hparams(config))
+  if tc.local_epochs and outer.data_parallel:
+    raise ConfigError(
+        f"train.local_epochs: {config.outer.name!r} is data-parallel (no local "
+        f"steps to vary); use train.local_epochs=0 (inner.steps per round)")
+  if n == m:
+    return  # Every client every round: slot m is always client m.
+  name = config.outer.name
+  if name in REPLICA_PERSISTENT:
+    raise ConfigError(
+        f"outer.name: {name!r} keeps each replica's parameters across rounds, "
+        f"which under client sampling (train.num_clients={n} > "
+        f"train.num_replicas={m}) would pass one client's model to another; "
+        "use train.num_clients=0 or = train.num_replicas")
+  if not outer.data_parallel and not outer.reset_inner_state:
+    raise ConfigError(
+        f"outer.hparams.reset_inner_state: {name!r} keeps each replica slot's "
+        f"inner optimizer state across rounds, which under client sampling "
+        f"(train.num_clients={n} > train.num_replicas={m}) would pass one "
+        "client's optimizer state to another; set it to True")
+
+
 def check_data(config, train_source, eval_source, shards) -> None:
   """The batch fits the data: every shard and the eval split."""
   b = config.inner.batch_size
@@ -403,3 +482,4 @@ def validate(config, *, device_count: int) -> None:
   check_schema(config)
   check_registries(config)
   check_consistency(config, device_count=device_count)
+  check_population(config)

@@ -47,12 +47,14 @@ def np_grads(p, x, y):
 class NpScaffold:
   """Alg. 1 of the paper, option II, float64; weights w_i = n_i / Σ n_j."""
 
-  def __init__(self, m, *, server_lr=1.0, zero_controls=False):
+  def __init__(self, m, *, server_lr=1.0, zero_controls=False,
+               num_clients=None):
     self.x = {k: np.asarray(v, np.float64) for k, v in init_params().items()}
     self.c = {k: np.zeros_like(v) for k, v in self.x.items()}
     self.ci = [{k: np.zeros_like(v) for k, v in self.x.items()}
                for _ in range(m)]
     self.m, self.server_lr, self.zero = m, server_lr, zero_controls
+    self.n = m if num_clients is None else num_clients  # N in |S|/N.
 
   def round(self, batch, mask=None, num_steps=None):
     m = self.m
@@ -77,7 +79,7 @@ class NpScaffold:
         delta_c[k] += (new_ci[i][k] - self.ci[i][k]) / len(part)
     for k in self.x:
       self.x[k] = self.x[k] - self.server_lr * delta[k]
-      self.c[k] = self.c[k] + len(part) / m * delta_c[k]
+      self.c[k] = self.c[k] + len(part) / self.n * delta_c[k]
     for i in part:
       self.ci[i] = new_ci[i]
     if self.zero:
@@ -247,11 +249,27 @@ def test_traffic_is_twice_fedavg():
   assert metrics["payload_bytes"] == 2 * 4 * numel  # Δy and Δc, fp32.
 
 
+def test_num_clients_scales_the_server_control_by_s_over_n():
+  # The M = 4 replicas as a sample of N = 10 clients: c moves by |S|/10.
+  m, n = 4, 10
+  ref = NpScaffold(m, num_clients=n)
+  hist, state, _ = run(outer.get("scaffold", local_lr=LOCAL_LR, num_clients=n),
+                       m, 3, kwargs=ROUND_ARGS)
+  for r in range(3):
+    assert_close(hist[r], ref.round(make_batch(m, r), **ROUND_ARGS[r]))
+  assert_close(state.outer_state.control, ref.c)
+  full = NpScaffold(m)
+  for r in range(3):
+    full.round(make_batch(m, r), **ROUND_ARGS[r])
+  assert np.abs(full.c["w"] - ref.c["w"]).max() > 1e-3  # N matters.
+
+
 @pytest.mark.parametrize("hp,match", [
     ({}, "local_lr must be set"),
     ({"local_lr": 0.0}, "local_lr must be a number > 0"),
     ({"local_lr": -0.1}, "local_lr"),
     ({"local_lr": 0.1, "server_lr": -1.0}, "server_lr"),
+    ({"local_lr": 0.1, "num_clients": 0}, "num_clients"),
 ])
 def test_bad_hparams_name_the_field(hp, match):
   with pytest.raises(ValueError, match=f"'scaffold': {match}"):

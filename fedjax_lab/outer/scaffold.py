@@ -90,23 +90,31 @@ def check_inner(optimizer: str, *, decay: str = "constant",
                      f"({learning_rate!r}), got {local_lr!r}")
 
 
-def scaffold(*, local_lr: Optional[float] = None,
-             server_lr: float = 1.0) -> base.OuterAlgorithm:
+def scaffold(*, local_lr: Optional[float] = None, server_lr: float = 1.0,
+             num_clients: Optional[int] = None) -> base.OuterAlgorithm:
   """SCAFFOLD, option II, with stateful clients.
 
   Args:
     local_lr: η_l > 0, the inner SGD learning rate (required; the engine's
       `inner_opt` must be `optax.sgd(local_lr)`).
     server_lr: η_g ≥ 0, the outer SGD learning rate (paper: 1).
+    num_clients: N in c's |S|/N, the clients of a population of which the M
+      replicas are a sample (the run layer sets it from train.num_clients);
+      None: N = M, every client every round.
 
   Raises:
-    ValueError: naming `local_lr` or `server_lr`.
+    ValueError: naming `local_lr`, `server_lr` or `num_clients`.
   """
   if local_lr is None:
     raise ValueError("local_lr must be set to the inner SGD learning rate "
                      "(scaffold's option II divides by K·local_lr)")
   eta_l = base.check_positive("local_lr", local_lr)
   eta_g = base.check_nonnegative("server_lr", server_lr)
+  if num_clients is not None and (
+      isinstance(num_clients, bool) or int(num_clients) != num_clients
+      or num_clients < 1):
+    raise ValueError(f"num_clients must be an int >= 1 (or None: the replica "
+                     f"count), got {num_clients!r}")
   server_tx = optax.sgd(eta_g)
 
   def init(params):
@@ -121,14 +129,16 @@ def scaffold(*, local_lr: Optional[float] = None,
     new_ci = jax.tree.map(
         lambda ci, cl, xg, yi: _client_update(ci, cl, xg, yi, k, eta_l),
         inputs.client_state, c, x, inputs.replica_params)
-    # c ← c + (|S|/N)·mean_{i∈S} Δc_i = c + Σ_{i∈S} Δc_i / N.
+    # c ← c + (|S|/N)·mean_{i∈S} Δc_i = c + Σ_{i∈S} Δc_i / N (N = M unless
+    # the replicas are a sample of num_clients).
     # Zeroed, not multiplied, for non-senders: a diverged y_i is NaN.
     senders = inputs.weights > 0
     delta_c = jax.tree.map(
         lambda a, b: jnp.where(senders.reshape((-1,) + (1,) * (a.ndim - 1)),
                                a - b, 0.0), new_ci, inputs.client_state)
     sum_dc = ops.weighted_sum(delta_c, senders.astype(jnp.float32))
-    new_c = jax.tree.map(lambda cl, s: cl + s / ops.num_replicas, c, sum_dc)
+    n = ops.num_replicas if num_clients is None else int(num_clients)
+    new_c = jax.tree.map(lambda cl, s: cl + s / n, c, sum_dc)
     return (new_x, base.broadcast_like(new_x, inputs.replica_params),
             ScaffoldState(control=new_c), new_ci)
 

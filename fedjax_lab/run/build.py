@@ -6,6 +6,15 @@ the field to change), loads the data, builds the task, the inner optimizer,
 the outer algorithm, the compressor and the engine, and compares the config
 with the one a workdir was started with. A mistake anywhere is one
 `ConfigError` naming the field, and the workdir is left untouched.
+
+With `train.num_clients` = N > 0 the run is a federated population (issue
+14): N client shards (`data.client_partition`), a `ClientSampler` choosing
+M = `train.num_replicas` of them per round, and, for an algorithm with
+per-client state (SCAFFOLD's c_i), a host `ClientStateStore` for all N
+clients, which the loop gathers into the replica slots before each round
+and scatters back after it. Inner optimizer state is never per client: an
+algorithm that keeps it across rounds (reset_inner_state=False) is refused
+under sampling (config_validation.check_population).
 """
 
 import copy
@@ -16,6 +25,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
@@ -47,6 +57,24 @@ class Run(NamedTuple):
   comm: Dict[str, float]
   tokens_per_round: int
   started_with: Optional[Dict[str, Any]]  # config.json of a resumed workdir.
+  inner_steps: int = 0  # The round's step axis H (inner.steps, or local epochs' most).
+  population: Optional["Population"] = None  # train.num_clients > 0 only.
+
+
+class Population(NamedTuple):
+  """A run's federated population: N clients, M sampled per round.
+
+  Attributes:
+    sampler: the `ClientSampler` (M of N per round, a function of the round).
+    store: per-client algorithm state [N, ...] in host memory
+      (`ClientStateStore`), or None for algorithms without (FedAvg, FedOpt).
+    local_epochs: E (0 = a fixed inner.steps per client).
+    max_steps: the cap on a client's local steps (local_epochs only), or None.
+  """
+  sampler: Any
+  store: Any
+  local_epochs: int
+  max_steps: Optional[int]
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,12 +135,15 @@ def available_bytes() -> float:
 
 
 def check_memory(config, num_params: Optional[int] = None, *,
-                 limit: Optional[float] = None) -> None:
+                 limit: Optional[float] = None,
+                 client_state_bytes: float = 0.0) -> None:
   """Refuses a run whose rough memory estimate exceeds the machine's.
 
   Terms: the round batches (M × H × B examples, for the loader's prefetch
   queue plus the one on the device), one device's replicas' activations, and
-  the replica states (params, AdamW moments, gradient, Δ and outer state).
+  the replica states (params, AdamW moments, gradient, Δ and outer state)
+  and a population's per-client state (`client_state_bytes`, host memory:
+  counted against the host's RAM on an accelerator).
 
   Raises:
     ConfigError: naming the field that drives the largest term.
@@ -127,10 +158,22 @@ def check_memory(config, num_params: Optional[int] = None, *,
   act = per_device * kind.activation_bytes(config.model, b)
   state = 0.0 if num_params is None else 4.0 * num_params * (6 * m + 4)
   limit = available_bytes() if limit is None else limit
-  total = batch + act + state
+  host = float(client_state_bytes)
+  on_host = jax.local_devices()[0].platform == "cpu"
+  if not on_host:
+    ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if host > ram:
+      raise ConfigError(
+          f"train.num_clients: the per-client state would need about "
+          f"{host / GIB:.3g} GiB of host memory and this host has "
+          f"{ram / GIB:.3g} GiB; lower train.num_clients (now "
+          f"{config.train.num_clients})")
+    host = 0.0
+  total = batch + act + state + host
   if total <= limit:
     return
   terms = {
+      "client state": (host, ("train.num_clients",)),
       "round batches": (batch, ("inner.steps", "inner.batch_size",
                                 "train.num_replicas", "data.prefetch")),
       "activations": (act, ("inner.batch_size", "model.seq_len",
@@ -143,7 +186,7 @@ def check_memory(config, num_params: Optional[int] = None, *,
   if config.model.kind != "lm":
     fields = tuple(f for f in fields if not f.startswith("model.")) or (
         "inner.batch_size",)
-  field = _largest(config, fields)
+  field = (fields[0] if len(fields) == 1 else _largest(config, fields))
   group, leaf = field.split(".")
   raise ConfigError(
       f"{field}: the run would need about {total / GIB:.3g} GiB ({name}: "
@@ -151,12 +194,22 @@ def check_memory(config, num_params: Optional[int] = None, *,
       f"lower {field} (now {config[group][leaf]})")
 
 
-def _engine(config, task, schedule_steps: int, loss_fn) -> Engine:
+def _engine(config, task, schedule_steps: int, loss_fn,
+            inner_steps: int) -> Engine:
   mesh = None
   if config.mesh.num_devices:
     mesh = replica_mesh(None if config.mesh.num_devices == -1
                         else config.mesh.num_devices)
   kwargs = {}
+  hparams = config_validation.outer_hparams(config)
+  n = config.train.num_clients
+  if n and "num_clients" in outer_lib.hparams(config.outer.name):
+    # SCAFFOLD's c moves by |S|/N with N the population, not the M slots.
+    if hparams.get("num_clients") not in (None, n):
+      raise ConfigError(f"outer.hparams.num_clients: must be train."
+                        f"num_clients={n} (or unset), got "
+                        f"{hparams['num_clients']}")
+    hparams["num_clients"] = n
   mode = config.engine.replica_mode
   if mode != "auto" or "replica_mode" in inspect.signature(Engine).parameters:
     kwargs["replica_mode"] = mode
@@ -164,9 +217,8 @@ def _engine(config, task, schedule_steps: int, loss_fn) -> Engine:
     return Engine(
         loss_fn or task.loss_fn,
         inner_opt=schedule_lib.make_inner_opt(config.inner, schedule_steps),
-        outer=outer_lib.get(config.outer.name,
-                            **config_validation.outer_hparams(config)),
-        num_replicas=config.train.num_replicas, inner_steps=config.inner.steps,
+        outer=outer_lib.get(config.outer.name, **hparams),
+        num_replicas=config.train.num_replicas, inner_steps=inner_steps,
         mesh=mesh, compressor=compress_lib.get(
             config.comm.compressor, **config_validation.comm_hparams(config)),
         **kwargs)
@@ -203,29 +255,117 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   except ValueError as e:
     raise ConfigError(f"model.hidden: {e}") from None
   check_memory(config, task.num_params)
-  try:
-    shards = data_lib.partition(train_src, config.train.num_replicas,
-                                method=config.data.partition,
-                                alpha=config.data.alpha, seed=config.train.seed)
-  except ValueError as e:
-    raise ConfigError(f"data.partition: {e}") from None
-  config_validation.check_data(config, train_src, eval_src, shards)
+  population = None
+  if config.train.num_clients:
+    shards, inner_steps, sampler = _population_data(config, train_src)
+    # A client smaller than B is filled up by repeating its examples.
+    config_validation.check_data(config, train_src, eval_src,
+                                 [np.arange(len(train_src))])
+  else:
+    try:
+      shards = data_lib.partition(train_src, config.train.num_replicas,
+                                  method=config.data.partition,
+                                  alpha=config.data.alpha,
+                                  seed=config.train.seed)
+    except ValueError as e:
+      raise ConfigError(f"data.partition: {e}") from None
+    inner_steps = config.inner.steps
+    config_validation.check_data(config, train_src, eval_src, shards)
+  # The config as the memory estimate and lr schedule see it: H is the step
+  # axis (local epochs' most steps with train.local_epochs).
+  sized = config
+  if inner_steps != config.inner.steps:
+    sized = copy.deepcopy(config)
+    sized.inner.steps = inner_steps
+    check_memory(sized, task.num_params)
   started_with = workdir_lib.check_resumable(workdir, config)
-  schedule_steps, origin = workdir_lib.schedule_horizon(config, started_with)
+  schedule_steps, origin = workdir_lib.schedule_horizon(sized, started_with)
   if started_with is not None and not config.inner.schedule_steps:
     progress.say("lr schedule: decays over %d steps (%s)", schedule_steps,
                  origin)
   loss_fn = wrap_loss(task.loss_fn) if wrap_loss else None
-  engine = _engine(config, task, schedule_steps, loss_fn)
+  engine = _engine(config, task, schedule_steps, loss_fn, inner_steps)
   if replica_ids is None:
     replica_ids = distributed.local_replica_ids(
         engine.mesh, engine.num_replicas, engine.axis_name if engine.mesh
         else None)
   params = task.init(jax.random.PRNGKey(config.model.init_seed))
-  m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
+  if config.train.num_clients:
+    abstract = engine.abstract_state(params)
+    _check_sampling_state(config, abstract)
+    client_template = jax.tree.map(
+        lambda x: np.zeros(x.shape[1:], x.dtype), abstract.client_state)
+    store = None
+    if jax.tree.leaves(client_template):
+      per_client = sum(x.nbytes for x in jax.tree.leaves(client_template))
+      check_memory(sized, task.num_params,
+                   client_state_bytes=per_client * config.train.num_clients)
+      store = data_lib.ClientStateStore(client_template,
+                                        config.train.num_clients)
+      progress.say("%s", store.memory_line())
+    tc = config.train
+    population = Population(
+        sampler=sampler, store=store, local_epochs=tc.local_epochs,
+        max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
+  m, b = config.train.num_replicas, config.inner.batch_size
   return Run(config=config, workdir=workdir, task=task, train_src=train_src,
              eval_src=eval_src, shards=list(shards), engine=engine,
              params=params, replica_ids=[int(r) for r in replica_ids],
              schedule_steps=schedule_steps, comm=engine.comm_bytes(params),
-             tokens_per_round=m * h * b * kind.example_units(config.model),
-             started_with=started_with)
+             tokens_per_round=m * inner_steps * b * kind.example_units(
+                 config.model),
+             started_with=started_with, inner_steps=inner_steps,
+             population=population)
+
+
+def _population_data(config, train_src):
+  """(client shards, the round's step axis H, sampler) of a population."""
+  tc, b = config.train, config.inner.batch_size
+  try:
+    shards = data_lib.client_partition(
+        train_src, tc.num_clients, method=config.data.partition,
+        alpha=config.data.alpha, seed=tc.seed)
+  except ValueError as e:
+    raise ConfigError(_named(e, "data.partition")) from None
+  sizes = np.array([len(s) for s in shards], np.int64)
+  if tc.local_epochs:
+    most = int(data_lib.client_steps(sizes, b, tc.local_epochs).max())
+    inner_steps = tc.max_local_steps or most
+  else:
+    inner_steps = config.inner.steps
+  try:
+    sampler = data_lib.ClientSampler(
+        tc.num_clients, tc.num_replicas, kind=tc.sampling, sizes=sizes,
+        seed=tc.seed)
+  except ValueError as e:
+    raise ConfigError(_named(e, "train.sampling")) from None
+  return shards, inner_steps, sampler
+
+
+def _named(error: Exception, default_field: str) -> str:
+  """The data layer's message, which names its field; else `default_field`."""
+  text = " ".join(str(error).split())
+  head = text.split(":", 1)[0]
+  if "." in head and " " not in head:
+    return text
+  return f"{default_field}: {text}"
+
+
+def _check_sampling_state(config, abstract_state) -> None:
+  """Under sampling (N > M), no replica slot may carry state between clients.
+
+  Per-client algorithm state goes through the client store; the compressor's
+  per-replica state (error feedback) would not, so it is refused here, where
+  the engine says whether it has any.
+  """
+  if config.train.num_clients <= config.train.num_replicas:
+    return
+  if jax.tree.leaves(abstract_state.comm_state):
+    field = ("comm.hparams.ef" if config.comm.hparams.get("ef")
+             else "comm.compressor")
+    raise ConfigError(
+        f"{field}: compressor {config.comm.compressor!r} keeps per-replica "
+        f"state (error feedback) across rounds, which under client sampling "
+        f"(train.num_clients={config.train.num_clients} > train.num_replicas="
+        f"{config.train.num_replicas}) would pass from one client to another; "
+        "use a compressor without it (or ef=False)")

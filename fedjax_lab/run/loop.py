@@ -15,6 +15,15 @@
 Every metrics row carries the cumulative bytes each replica has sent, so
 curves can be drawn against bytes as well as steps.
 
+A population run (`train.num_clients` > 0, see build.py) draws each round's
+M clients and their batches from a `PopulationLoader` and passes the
+clients' local steps and example counts to `Engine.round`; with a client
+store (SCAFFOLD's c_i) the sampled clients' states are gathered into
+`state.client_state` before the round and scattered back after it (for the
+slots that took steps; the engine itself keeps the old state of a slot that
+sat out or diverged). The store is checkpointed with the TrainState (one
+orbax item, {'train_state', 'client_store'}), the loader's position with it.
+
 Non-finite replicas are dropped by the engine (weight 0, restarted from the
 global model); `train.nonfinite_policy` decides what the run does about it:
 'drop' counts them and warns, 'stop' raises `TrainingStopped` before the next
@@ -29,12 +38,14 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from fedjax_lab import data as data_lib
 from fedjax_lab.checkpoint import Checkpointer
 from fedjax_lab.metrics import MetricsWriter, jsonable, write_json
+from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import workdir as workdir_lib
@@ -61,7 +72,24 @@ class Diverged(TrainingStopped):
 def _fresh_meta() -> Dict[str, Any]:
   return {"wall_s": 0.0, "best_eval_loss": None, "best_eval_round": None,
           "nonfinite_replicas": 0, "empty_rounds": 0, "empty_streak": 0,
-          "last_eval": None, "resumes": 0, "rows": [], "rows_after": 0}
+          "last_eval": None, "resumes": 0, "rows": [], "rows_after": 0,
+          "tokens": 0}
+
+
+def _host_value(x) -> np.ndarray:
+  """The whole of a replica-axis array on this host (all processes')."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def _put_like(value: np.ndarray, like: jax.Array) -> jax.Array:
+  """`value` (the whole array) placed as `like` is (so the round's jit sees
+  the same kind of argument and does not compile again)."""
+  if not getattr(like, "committed", True):
+    return jax.numpy.asarray(value)
+  return jax.make_array_from_callback(value.shape, like.sharding,
+                                      lambda idx: value[idx])
 
 
 class _Loop:
@@ -77,6 +105,9 @@ class _Loop:
     self.pending: List[Any] = []  # (round, device metrics) not yet fetched.
     self.last_train: Dict[str, Any] = {}
     self.rounds_this_run = 0
+    self.population = run.population
+    self.store = run.population.store if run.population else None
+    self.tokens_at: Dict[int, int] = {}  # Round -> cumulative tokens (local epochs).
 
   # -- Start: lock, config.json, restore. -----------------------------------
 
@@ -88,15 +119,21 @@ class _Loop:
       workdir_lib.write_config(run.workdir, self.config)
     self.checkpointer = Checkpointer(
         os.path.join(run.workdir, CHECKPOINT_DIR), keep=self.tc.keep)
-    restored = self.checkpointer.restore_latest(
-        self.engine.abstract_state(run.params))
+    target = self.engine.abstract_state(run.params)
+    if self.store is not None:
+      target = {"train_state": target,
+                "client_store": self.store.state_dict(copy=False)}
+    restored = self.checkpointer.restore_latest(target)
     self.restored = restored is not None
+    if restored is not None and self.store is not None:
+      self.store.load_state_dict(restored.state["client_store"])
+      restored = restored._replace(state=restored.state["train_state"])
     if restored is None:
       self.state = self.engine.init(run.params, seed=self.tc.seed)
       self.start, self.meta = 0, _fresh_meta()
       progress.say("starting %s in %s: %d rounds, M=%d, H=%d, B=%d, %d params",
                    self.config.outer.name, run.workdir, self.tc.rounds,
-                   self.tc.num_replicas, self.config.inner.steps,
+                   self.tc.num_replicas, self.engine.inner_steps,
                    self.config.inner.batch_size, run.task.num_params)
     else:
       self.state, self.start = restored.state, restored.step
@@ -105,10 +142,7 @@ class _Loop:
       progress.say("resuming %s in %s from round %d", self.config.outer.name,
                    run.workdir, self.start)
     self.last_saved = self.start if self.restored else None
-    self.loader = data_lib.RoundLoader(
-        run.train_src, run.shards, batch_size=self.config.inner.batch_size,
-        inner_steps=self.config.inner.steps, seed=self.tc.seed,
-        replica_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+    self.loader = self._make_loader()
     if restored is not None:
       self.loader.set_state(restored.loader)
     replay = self.meta["rows"] if self.restored else []
@@ -120,12 +154,40 @@ class _Loop:
     self.evaluate = Evaluator(run)
     self.clock = progress.Clock(self.start, self.tc.rounds)
 
+  def _make_loader(self):
+    run, pop = self.run, self.population
+    b, seed = self.config.inner.batch_size, self.tc.seed
+    if pop is None:
+      return data_lib.RoundLoader(
+          run.train_src, run.shards, batch_size=b,
+          inner_steps=self.config.inner.steps, seed=seed,
+          replica_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+    loader = data_lib.PopulationLoader(
+        run.train_src, run.shards, pop.sampler, batch_size=b, seed=seed,
+        inner_steps=None if pop.local_epochs else self.config.inner.steps,
+        local_epochs=pop.local_epochs or None, max_steps=pop.max_steps,
+        slot_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+    if loader.inner_steps != self.engine.inner_steps:
+      loader.close()
+      raise AssertionError(f"population loader's step axis "
+                           f"{loader.inner_steps} != the engine's "
+                           f"{self.engine.inner_steps}")
+    progress.say("%s", loader.describe())
+    return loader
+
   # -- Rows. ----------------------------------------------------------------
 
+  def _tokens(self, r: int) -> int:
+    if r in self.tokens_at:  # Local epochs: each round's own work.
+      return self.tokens_at[r]
+    if self.population is not None and self.population.local_epochs:
+      return self.meta["tokens"]
+    return r * self.run.tokens_per_round
+
   def counters(self, r: int) -> Dict[str, Any]:
-    h, comm = self.config.inner.steps, self.run.comm
+    h, comm = self.run.inner_steps or self.config.inner.steps, self.run.comm
     return {"round": r, "step": r * h,
-            "tokens": r * self.run.tokens_per_round,
+            "tokens": self._tokens(r),
             "payload_bytes": r * comm["payload_bytes"],
             "ring_bytes": r * comm["ring_bytes"]}
 
@@ -167,6 +229,8 @@ class _Loop:
       if n_bad:
         problems.append((rr, n_bad, self.meta["empty_streak"]))
     self.writer.flush()
+    for rr in [rr for rr in self.tokens_at if rr < r]:
+      del self.tokens_at[rr]  # Written; round r's may still label an eval row.
     for rr, n_bad, streak in problems:
       self._apply_policy(rr, n_bad, streak)
     self._log_progress(r)
@@ -226,18 +290,40 @@ class _Loop:
     meta = dict(self.meta, wall_s=self.meta["wall_s"] + self.clock.elapsed(),
                 rows=self.rows_since_save,
                 rows_after=self.last_saved or 0)
-    self.checkpointer.save(r, self.state, self.loader.get_state(), meta)
+    state = self.state
+    if self.store is not None:
+      state = {"train_state": state, "client_store": self.store.state_dict()}
+    self.checkpointer.save(r, state, self.loader.get_state(), meta)
     self.last_saved = r
     self.rows_since_save = []
 
   # -- The loop. -------------------------------------------------------------
 
   def round(self, r: int) -> None:
-    batch = self.loader.next()
+    rnd, kwargs = self.loader.next(), {}
+    batch = rnd
+    if self.population is not None:
+      batch = rnd.batch
+      kwargs = dict(num_steps=rnd.num_steps, num_examples=rnd.num_examples)
+      if self.store is not None:
+        gathered = self.store.gather(rnd.client_ids)
+        self.state = self.state.replace(client_state=jax.tree.map(
+            _put_like, gathered, self.state.client_state))
     if self.batch_hook is not None:
       batch = self.batch_hook(batch, r, self.run.replica_ids)
     t0 = time.time()
-    self.state, mt = self.engine.round(self.state, batch)
+    self.state, mt = self.engine.round(self.state, batch, **kwargs)
+    if self.store is not None:
+      # A slot that took no step kept its gathered state; one that sat out
+      # or diverged too (the engine keeps it), so writing back is exact.
+      self.store.scatter(rnd.client_ids,
+                         jax.tree.map(_host_value, self.state.client_state),
+                         mask=rnd.num_steps > 0)
+    if self.population is not None and self.population.local_epochs:
+      units = tasks_lib.kind(self.config.model.kind).example_units(
+          self.config.model)
+      self.meta["tokens"] += int(rnd.num_examples.sum()) * units
+      self.tokens_at[r] = self.meta["tokens"]
     self.rounds_this_run += 1
     if self.clock.first_round_s is None:
       jax.block_until_ready(self.state.round)

@@ -5,8 +5,10 @@ writes into the comparison's directory:
 
 * results.md / results.csv: final and best eval loss, perplexity, bytes each
   replica sent (payload and ring all-reduce), the ratio to the ddp arm's
-  bytes, tokens and wall time; with several seeds per setting, also their
-  mean ± std;
+  bytes, tokens and wall time; when an arm's config sets
+  `train.target_eval_loss`, the rounds to target (the first eval round whose
+  loss is <= it; '—' when never reached); with several seeds per setting,
+  also their mean ± std;
 * eval_loss_vs_steps.png, eval_loss_vs_bytes.png and
   eval_loss_vs_simulated_wall.png (matplotlib Agg).
 
@@ -95,8 +97,28 @@ def _num(x, fmt="{:.4f}") -> str:
   return fmt.format(x)
 
 
-def rows_of(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """One flat row per arm (what the CSV holds)."""
+def _target(r: Dict[str, Any]) -> float:
+  return float(r.get("config", {}).get("train", {}).get("target_eval_loss")
+               or 0.0)
+
+
+def rounds_to_target(eval_rows: Sequence[Dict[str, Any]],
+                     target: float) -> Optional[int]:
+  """The first eval round whose loss is <= `target` (None: never)."""
+  for row in sorted(eval_rows, key=lambda row: row["round"]):
+    loss = row.get("eval/loss")
+    if loss is not None and loss <= target:
+      return int(row["round"])
+  return None
+
+
+def rows_of(results: Sequence[Dict[str, Any]],
+            workdir: Optional[str] = None) -> List[Dict[str, Any]]:
+  """One flat row per arm (what the CSV holds).
+
+  With `workdir` (the comparison's) and an arm with `train.target_eval_loss`
+  set, every row also has `target_eval_loss` and `rounds_to_target`.
+  """
   sim = simulated_seconds_per_step(results)
   ddp = [r for r in results if r.get("algorithm") == "ddp"]
   ddp_bytes = ddp[0]["payload_bytes"] if ddp else None
@@ -127,6 +149,13 @@ def rows_of(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         "simulated_wall_s": (sim[r["name"]] * r["steps"]
                              if r["name"] in sim else None),
     })
+  if workdir is not None and any(_target(r) for r in results):
+    evals = dict(_curves(results, workdir))
+    for row, r in zip(rows, results):
+      target = _target(r)
+      row["target_eval_loss"] = target or None
+      row["rounds_to_target"] = (rounds_to_target(evals.get(r["name"], []),
+                                                  target) if target else None)
   return rows
 
 
@@ -135,7 +164,10 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   head = ("| arm | algorithm | H | outer hparams | seed | final eval loss | "
           "perplexity | best eval loss | sent / replica | ring / replica | "
           f"bytes vs ddp | wall | simulated wall @ {SIM_BANDWIDTH_GBPS:g} Gbit/s |")
-  lines = [head, "|" + "---|" * 13]
+  target = any("rounds_to_target" in r for r in rows)
+  if target:
+    head += " rounds to target |"
+  lines = [head, "|" + "---|" * (14 if target else 13)]
   key = lambda r: (r["final_eval_loss"] is None, r["final_eval_loss"] or 0.0)
   for r in sorted(rows, key=key):
     ratio = r["bytes_vs_ddp"]
@@ -150,8 +182,16 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         f"{_num(r['best_eval_loss'])} | {_fmt_bytes(r['payload_bytes'] or 0)} | "
         f"{_fmt_bytes(r['ring_bytes'] or 0)} | {ratio_txt} | "
         f"{_num(r['wall_s'], '{:.0f} s')} | "
-        f"{_num(r['simulated_wall_s'], '{:.3g} s')} |")
+        f"{_num(r['simulated_wall_s'], '{:.3g} s')} |"
+        + (f" {_target_text(r)} |" if target else ""))
   return "\n".join(lines) + "\n"
+
+
+def _target_text(r: Dict[str, Any]) -> str:
+  if not r.get("target_eval_loss"):
+    return "—"
+  got = r.get("rounds_to_target")
+  return f"{got} (≤ {r['target_eval_loss']:g})" if got else f"— (≤ {r['target_eval_loss']:g})"
 
 
 def seed_table(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
@@ -227,7 +267,7 @@ def plot_curves(results, workdir: str) -> List[str]:
 
 def write_report(results, workdir: str) -> Dict[str, str]:
   """Writes the table (md + csv) and the plots; returns their paths."""
-  rows = rows_of(results)
+  rows = rows_of(results, workdir)
   md = markdown_table(rows)
   seeds = seed_table(rows)
   if seeds:

@@ -29,6 +29,26 @@ def _heterogeneity(source, shards) -> Optional[float]:
     return None
 
 
+def _population(run) -> Optional[Dict[str, Any]]:
+  """What a population run sampled from (None without one)."""
+  pop = run.population
+  if pop is None:
+    return None
+  tc = run.config.train
+  sizes = np.array([len(s) for s in run.shards])
+  return {"num_clients": tc.num_clients,
+          "clients_per_round": tc.num_replicas,
+          "sampling": tc.sampling,
+          "local_epochs": tc.local_epochs,
+          "max_local_steps": tc.max_local_steps,
+          "step_axis": run.inner_steps,
+          "client_examples": {"min": int(sizes.min()),
+                              "median": float(np.median(sizes)),
+                              "max": int(sizes.max())},
+          "client_state_bytes": (None if pop.store is None
+                                 else pop.store.nbytes)}
+
+
 def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
                  last_train: Dict[str, Any], resumed_from: Optional[int],
                  timing: Dict[str, Any]) -> Dict[str, Any]:
@@ -38,17 +58,21 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   final_eval.pop("round", None)
   corpus = dict(getattr(run.train_src, "info", {}) or {})
   engine = run.engine
-  return {
+  h = run.inner_steps or config.inner.steps
+  tokens = rounds_done * run.tokens_per_round
+  if run.population is not None and config.train.local_epochs:
+    tokens = meta.get("tokens", 0)  # Clients' own steps, summed per round.
+  out = {
       "status": status,
       "algorithm": config.outer.name,
       "rounds": rounds_done,
       "rounds_planned": config.train.rounds,
       "num_replicas": config.train.num_replicas,
-      "inner_steps": config.inner.steps,
+      "inner_steps": h,
       "batch_size": config.inner.batch_size,
-      "steps": rounds_done * config.inner.steps,
+      "steps": rounds_done * h,
       "schedule_steps": run.schedule_steps,
-      "tokens": rounds_done * run.tokens_per_round,
+      "tokens": tokens,
       "final_eval": final_eval,
       "final_eval_round": (meta.get("last_eval") or {}).get("round"),
       "best_eval_loss": meta.get("best_eval_loss"),
@@ -80,3 +104,6 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
                   "processes": jax.process_count(),
                   "mesh_devices": engine.num_shards if engine.mesh else 0},
   }
+  if run.population is not None:
+    out["population"] = _population(run)
+  return out
