@@ -136,5 +136,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1  # Shard replicas over this many devices: 0 = none (vmap), -1 = all.
+  config.mesh.model_devices = 1  # Devices each replica's model is split over (FSDP-style, a 2-D replica x model mesh); must divide the mesh's devices.
 
   return config

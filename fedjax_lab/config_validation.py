@@ -162,6 +162,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
     },
     "mesh": {
         "num_devices": ("int", _range(-1)),
+        "model_devices": ("int", _range(1)),
     },
 }
 
@@ -374,11 +375,20 @@ def check_consistency(config, *, device_count: int) -> None:
     raise ConfigError(f"mesh.num_devices: {n} devices asked for, this "
                       f"machine has {device_count}; allowed: 0 (no mesh), "
                       f"-1 (all) or 1..{device_count}")
-  shards = device_count if n == -1 else n
+  devices = device_count if n == -1 else n
+  k = config.mesh.get("model_devices", 1)
+  if k > 1 and devices == 0:
+    raise ConfigError(f"mesh.model_devices: {k} needs a mesh; set "
+                      f"mesh.num_devices to -1 (all) or a multiple of {k}")
+  if k > 1 and devices % k:
+    raise ConfigError(
+        f"mesh.model_devices: {k} must divide the mesh's {devices} devices "
+        f"(mesh.num_devices={n}); allowed: 1 or a divisor of {devices}")
+  shards = devices // k if devices > 0 else 0
   if shards > 0 and m % shards:
     raise ConfigError(
         f"train.num_replicas: {m} replicas do not divide over "
-        f"mesh.num_devices={n} ({shards} devices); use a multiple of "
+        f"mesh.num_devices={n} ({shards} replica slots); use a multiple of "
         f"{shards}, or set mesh.num_devices to a divisor of {m} or 0 (no mesh)")
   problem = tasks_lib.kind(config.model.kind).check(config.model)
   if problem:

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 import fedjax_lab
 from fedjax_lab import models
 from fedjax_lab import outer
+from test_train import data_dir, smoke_config  # noqa: F401  (a fixture)
 
 M, H, B, L = 4, 2, 2, 8
 MIN_SHARD = 256
@@ -154,3 +155,39 @@ def test_bad_param_specs_name_the_field():
   engine = make_engine("diloco", mesh, t, param_specs=[P("replicas")])
   with pytest.raises(ValueError, match="param_specs"):
     engine.init(t.init(jax.random.PRNGKey(0)))
+
+
+# ---------------------------------------------------------------------------
+# Through the run layer: mesh.model_devices.
+
+
+def _smoke(data_dir, **overrides):
+  return smoke_config(data_dir, **{"mesh.num_devices": 8,
+                                   "train.num_replicas": 4, **overrides})
+
+
+@pytest.mark.slow
+def test_run_with_model_devices_equals_one_model_device(tmp_path, data_dir):
+  from fedjax_lab import train  # pylint: disable=g-import-not-at-top
+  a = train.train_and_evaluate(_smoke(data_dir, **{"mesh.model_devices": 2}),
+                               str(tmp_path / "a"))
+  b = train.train_and_evaluate(_smoke(data_dir, **{"mesh.num_devices": 4}),
+                               str(tmp_path / "b"))
+  assert a["status"] == b["status"] == "completed"
+  assert a["compiled_rounds"] == 1
+  np.testing.assert_allclose(a["final_eval"]["loss"], b["final_eval"]["loss"],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"mesh.model_devices": 3}, "mesh.model_devices"),
+    ({"mesh.model_devices": 2, "mesh.num_devices": 0}, "mesh.model_devices"),
+    ({"mesh.model_devices": 0}, "mesh.model_devices"),
+])
+def test_bad_model_devices_names_the_field(tmp_path, data_dir, overrides,
+                                           match):
+  from fedjax_lab import train  # pylint: disable=g-import-not-at-top
+  from fedjax_lab.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=match):
+    train.train_and_evaluate(_smoke(data_dir, **overrides), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()

@@ -199,7 +199,8 @@ def _engine(config, task, schedule_steps: int, loss_fn,
   mesh = None
   if config.mesh.num_devices:
     mesh = replica_mesh(None if config.mesh.num_devices == -1
-                        else config.mesh.num_devices)
+                        else config.mesh.num_devices,
+                        model_devices=config.mesh.get("model_devices", 1))
   kwargs = {}
   hparams = config_validation.outer_hparams(config)
   n = config.train.num_clients
