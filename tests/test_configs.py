@@ -80,11 +80,21 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
       config = train.apply_overrides(base, arm["overrides"])
       config_validation.validate(config, device_count=1)
       assert config.train.rounds * config.inner.steps == budget
-      # Same data, model and inner optimizer in every arm.
+      # Same data, model and inner optimizer in every arm (the arms that need
+      # plain-SGD inner steps, SCAFFOLD and its FedAvg control, override the
+      # inner optimizer with exactly compare_config.SGD_INNER).
       model = lambda c: {k: v for k, v in c.model.items() if k != "init_seed"}
       assert model(config) == model(base) and config.data == base.data
+      sgd = {k.split(".")[1] for k in compare_config.SGD_INNER}
+      inner_set = {k for k in arm["overrides"] if k.startswith("inner.")}
+      expected = dict(base.inner)
+      if inner_set - {"inner.steps"}:
+        assert inner_set - {"inner.steps"} == set(compare_config.SGD_INNER)
+        expected.update({k.split(".")[1]: v
+                         for k, v in compare_config.SGD_INNER.items()})
       assert {k: v for k, v in config.inner.items() if k != "steps"} == {
-          k: v for k, v in base.inner.items() if k != "steps"}
+          k: v for k, v in expected.items() if k != "steps"}
+      assert sgd <= set(config.inner)
 
 
 def test_default_sweep_has_every_family_and_ddp():
