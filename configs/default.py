@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.seq_len = 64  # Bytes per input sequence (LM only).
   config.model.dtype = "float32"  # Compute dtype: float32, bfloat16 or float16.
   config.model.dropout = 0.0  # Dropout rate (LM only).
+  config.model.remat = False  # Rematerialise each transformer block in the backward pass: one block's activations in memory, ~1/3 more compute (LM only).
   config.model.classifier = "mlp"  # 'mlp' or 'cnn' (classification only).
   config.model.hidden = ()  # Classifier widths; () = the FedAvg paper's.
   config.model.init_seed = 0  # Seed of the initial parameters (all arms share it).

@@ -98,6 +98,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "seq_len": ("int", POSITIVE),
         "dtype": ("str", _one_of(DTYPES)),
         "dropout": ("float", _range(0.0, 1.0, hi_open=True)),
+        "remat": ("bool", _any),
         "classifier": ("str", _one_of(CLASSIFIERS)),
         "hidden": ("ints", _any),
         "init_seed": ("int", SEED),

@@ -213,12 +213,16 @@ def _lm_build(model, train_source):
   del train_source
   return lm_task(d_model=model.d_model, num_layers=model.num_layers,
                  num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
-                 seq_len=model.seq_len, dtype=model.dtype, dropout=model.dropout)
+                 seq_len=model.seq_len, dtype=model.dtype, dropout=model.dropout,
+                 remat=model.get("remat", False))
 
 
 def _lm_activation_bytes(model, examples: int) -> float:
-  per_token = (model.num_layers * model.d_model * (8 + 2 * model.mlp_ratio)
-               + model.num_layers * model.num_heads * model.seq_len
+  # With remat, one block's activations plus each block's input.
+  blocks = 1 if model.get("remat", False) else model.num_layers
+  per_token = (blocks * model.d_model * (8 + 2 * model.mlp_ratio)
+               + model.num_layers * model.d_model
+               + blocks * model.num_heads * model.seq_len
                + 3 * 256)
   return 4.0 * examples * model.seq_len * per_token
 

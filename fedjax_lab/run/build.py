@@ -30,6 +30,7 @@ import numpy as np
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
 from fedjax_lab import distributed
+from fedjax_lab import local_steps
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.config_validation import ConfigError
@@ -136,14 +137,21 @@ def available_bytes() -> float:
 
 def check_memory(config, num_params: Optional[int] = None, *,
                  limit: Optional[float] = None,
-                 client_state_bytes: float = 0.0) -> None:
+                 client_state_bytes: float = 0.0) -> Dict[str, float]:
   """Refuses a run whose rough memory estimate exceeds the machine's.
 
   Terms: the round batches (M × H × B examples, for the loader's prefetch
-  queue plus the one on the device), one device's replicas' activations, and
-  the replica states (params, AdamW moments, gradient, Δ and outer state)
-  and a population's per-client state (`client_state_bytes`, host memory:
-  counted against the host's RAM on an accelerator).
+  queue plus the one on the device), one device's activations (all its
+  replicas' under `engine.replica_mode` 'vmap', one replica's when
+  'sequential'; one block's with `model.remat`), the replica states (params,
+  AdamW moments, gradient, Δ and outer state; split over
+  `mesh.model_devices`) and a population's per-client state
+  (`client_state_bytes`, host memory: counted against the host's RAM on an
+  accelerator).
+
+  Returns:
+    The terms in bytes ('round batches', 'activations', 'replica states',
+    'client state', 'total', 'limit').
 
   Raises:
     ConfigError: naming the field that drives the largest term.
@@ -152,11 +160,19 @@ def check_memory(config, num_params: Optional[int] = None, *,
   m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
   units = kind.example_units(config.model)
   batch = 4.0 * m * h * b * (units + 1) * (config.data.prefetch + 2)
-  per_device = max(m // max(jax.device_count(), 1), 1)
+  model_devices = config.mesh.get("model_devices", 1)
+  slots = max(jax.device_count() // model_devices, 1)
+  per_device = max(m // slots, 1)
   if config.mesh.num_devices == 0:
     per_device = m
+  mode = config.engine.replica_mode
+  if mode == "auto":
+    mode = local_steps.default_replica_mode()
+  if mode == "sequential":
+    per_device = 1
   act = per_device * kind.activation_bytes(config.model, b)
-  state = 0.0 if num_params is None else 4.0 * num_params * (6 * m + 4)
+  state = (0.0 if num_params is None else
+           4.0 * num_params * (6 * m + 4) / model_devices)
   limit = available_bytes() if limit is None else limit
   host = float(client_state_bytes)
   on_host = jax.local_devices()[0].platform == "cpu"
@@ -171,7 +187,9 @@ def check_memory(config, num_params: Optional[int] = None, *,
     host = 0.0
   total = batch + act + state + host
   if total <= limit:
-    return
+    return {"round batches": batch, "activations": act,
+            "replica states": state, "client state": float(client_state_bytes),
+            "total": total, "limit": limit}
   terms = {
       "client state": (host, ("train.num_clients",)),
       "round batches": (batch, ("inner.steps", "inner.batch_size",
@@ -255,7 +273,12 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
     task = kind.build(config.model, train_src)
   except ValueError as e:
     raise ConfigError(f"model.hidden: {e}") from None
-  check_memory(config, task.num_params)
+  estimate = check_memory(config, task.num_params)
+  mode = config.engine.replica_mode
+  progress.say("memory estimate: %s of %.3g GiB available (replicas: %s)",
+               ", ".join(f"{k} {v / GIB:.3g} GiB" for k, v in estimate.items()
+                         if k != "limit"), estimate["limit"] / GIB,
+               local_steps.default_replica_mode() if mode == "auto" else mode)
   population = None
   if config.train.num_clients:
     shards, inner_steps, sampler = _population_data(config, train_src)

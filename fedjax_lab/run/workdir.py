@@ -40,7 +40,8 @@ _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "inner.momentum": 0.0, "mesh.model_devices": 1,
                  "train.num_clients": 0, "train.clients_per_round": 0,
                  "train.sampling": "uniform", "train.local_epochs": 0,
-                 "train.max_local_steps": 0, "train.target_eval_loss": 0.0}
+                 "train.max_local_steps": 0, "train.target_eval_loss": 0.0,
+                 "model.remat": False}
 _REMOVED_PREFIXES = ("train.fault.",)
 
 
