@@ -245,6 +245,53 @@ def _engine(config, task, schedule_steps: int, loss_fn,
     raise ConfigError(f"engine: {e}") from None
 
 
+def check_compiled_memory(config, engine: Engine, params, example_batch,
+                          num_local: int, inner_steps: int, *,
+                          limit: Optional[float] = None) -> Optional[float]:
+  """Refuses a run whose compiled round will not fit one device's memory.
+
+  On an accelerator (or with `limit`, bytes), the round is lowered for the
+  run's shapes and compiled once, without running; its arguments and
+  temporaries (`memory_analysis()`) are compared with the device's
+  `bytes_limit`. On CPU without `limit` nothing is compiled (the host-RAM
+  estimate of `check_memory` applies).
+
+  Returns:
+    The compiled program's bytes, or None when not checked.
+
+  Raises:
+    ConfigError: naming the field most likely to make it fit.
+  """
+  if limit is None:
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+      return None
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if not limit:
+      return None
+  batch = jax.tree.map(
+      lambda x: np.zeros((num_local, inner_steps) + np.shape(x),
+                         np.asarray(x).dtype), example_batch)
+  compiled = engine.lower_round(engine.abstract_state(params), batch).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  need = float(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
+  if need <= limit:
+    return need
+  if engine.replica_mode == "vmap" and engine.local_replicas > 1:
+    field, hint = "engine.replica_mode", "set it to 'sequential'"
+  elif config.model.kind == "lm" and not config.model.get("remat", False):
+    field, hint = "model.remat", "set it to True"
+  else:
+    field, hint = "inner.batch_size", (f"lower it (now "
+                                       f"{config.inner.batch_size}), or raise "
+                                       f"mesh.model_devices")
+  raise ConfigError(
+      f"{field}: the compiled round needs {need / GIB:.3g} GiB per device "
+      f"and a device has {limit / GIB:.3g} GiB; {hint}")
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str, *,
           replica_ids: Optional[Sequence[int]] = None,
           wrap_loss: Optional[Callable[[Callable], Callable]] = None) -> Run:
@@ -314,6 +361,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
         engine.mesh, engine.num_replicas, engine.axis_name if engine.mesh
         else None)
   params = task.init(jax.random.PRNGKey(config.model.init_seed))
+  check_compiled_memory(config, engine, params,
+                        train_src.get_batch(np.zeros(
+                            [config.inner.batch_size], np.int64)),
+                        len(replica_ids), inner_steps)
   if config.train.num_clients:
     abstract = engine.abstract_state(params)
     _check_sampling_state(config, abstract)
