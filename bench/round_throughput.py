@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import fedjax_lab
+from fedjax_lab import local_steps
 from fedjax_lab import models
 from fedjax_lab import replicas as rep_lib
 from fedjax_lab import sync as sync_lib
@@ -218,8 +219,9 @@ def main():
   plan = [(mlp, 1), (mlp, 8)] if args.quick else [
       (mlp, 1), (mlp, 8), (mlp, 64), (lm, 4), (lm, 16)]
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"jax {jax.__version__}; H = 10; auto mode here = "
-        f"{fedjax_lab.engine.default_replica_mode()}")
+        f"jax {jax.__version__}; H = 10; auto mode on CPU: "
+        f"vmap below {local_steps.SEQUENTIAL_FROM} replicas a "
+        f"device, sequential from there")
   print()
   print("| workload | M | bound ms | vmap ms | vmap / bound | sequential ms | "
         "sequential / bound | ddp / bound | bound MiB | vmap MiB | "

@@ -120,7 +120,8 @@ class Engine:
       replica_mode: how a device runs its replicas: 'vmap' (all at once: one
         replica's activations × m in memory), 'sequential' (one after
         another: one replica's activations at a time) or 'auto'
-        (`local_steps.default_replica_mode`). Both give the same numbers.
+        (`local_steps.default_replica_mode`: sequential on CPU from 8
+        replicas a device, vmap otherwise). Both give the same numbers.
       fragments: a Streaming DiLoCo schedule (default: one fragment synced at
         the round's end).
       model_axis: a second mesh axis each replica's model is sharded over
@@ -156,8 +157,6 @@ class Engine:
           f"compressor: {outer.name!r} sends its own every-step messages; a "
           f"compressor for outer gradients would be ignored (use 'none')")
     self.compressor = compressor or compress_lib.none()
-    self.steps = ReplicaSteps(loss_fn, inner_opt, outer, replica_mode)
-    self.replica_mode = self.steps.replica_mode
     self.schedule = (fragments or fragments_lib.FragmentSchedule()).validate(
         self.inner_steps)
     if not self.schedule.is_plain and (
@@ -171,6 +170,9 @@ class Engine:
     self.layout = Layout(mesh, self.num_replicas, axis_name=axis_name,
                          model_axis=model_axis, param_specs=param_specs,
                          min_shard_size=min_shard_size)
+    self.steps = ReplicaSteps(loss_fn, inner_opt, outer, replica_mode,
+                              self.layout.local_replicas)
+    self.replica_mode = self.steps.replica_mode
     # The data-parallel family may bring its own compressor and update rule.
     self._data_parallel = DataParallel(
         self.steps, outer.step_compressor or self.compressor,

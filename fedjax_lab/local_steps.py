@@ -19,10 +19,18 @@ from fedjax_lab.typing import LossFn
 REPLICA_MODES = ("auto", "vmap", "sequential")
 
 
-def default_replica_mode() -> str:
-  """'sequential' on CPU, where many small vmapped matmuls run slowly
-  (bench/round_throughput.py), 'vmap' on accelerators."""
-  return "sequential" if jax.default_backend() == "cpu" else "vmap"
+# From bench/round_throughput.py on a 2-core CPU: sequential beat vmap for 8
+# and more replicas a device (MLP 1.45x vs 1.62x of the bound at M = 8, LM
+# 0.95x vs 0.98x at M = 16), vmap won with 4 (LM 1.15x vs 1.39x).
+SEQUENTIAL_FROM = 8
+
+
+def default_replica_mode(local_replicas: int = 1) -> str:
+  """What 'auto' means: 'sequential' on CPU when a device holds at least
+  SEQUENTIAL_FROM replicas (many small vmapped matmuls run slowly there),
+  'vmap' otherwise and on accelerators."""
+  cpu = jax.default_backend() == "cpu"
+  return "sequential" if cpu and local_replicas >= SEQUENTIAL_FROM else "vmap"
 
 
 def split_loss(out) -> Tuple[jax.Array, Dict[str, jax.Array]]:
@@ -44,15 +52,16 @@ class ReplicaSteps:
   """
 
   def __init__(self, loss_fn: LossFn, inner_opt: optax.GradientTransformation,
-               outer: OuterAlgorithm, replica_mode: str):
+               outer: OuterAlgorithm, replica_mode: str,
+               local_replicas: int = 1):
     if replica_mode not in REPLICA_MODES:
       raise ValueError(f"replica_mode must be one of {', '.join(REPLICA_MODES)}, "
                        f"got {replica_mode!r}")
     self.loss_fn = loss_fn
     self.inner_opt = inner_opt
     self.outer = outer
-    self.replica_mode = (default_replica_mode() if replica_mode == "auto"
-                         else replica_mode)
+    self.replica_mode = (default_replica_mode(local_replicas)
+                         if replica_mode == "auto" else replica_mode)
 
   def loss_and_grad(self, params, batch, rng, anchor, client=(),
                     outer_state=()):

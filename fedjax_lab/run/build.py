@@ -167,7 +167,7 @@ def check_memory(config, num_params: Optional[int] = None, *,
     per_device = m
   mode = config.engine.replica_mode
   if mode == "auto":
-    mode = local_steps.default_replica_mode()
+    mode = local_steps.default_replica_mode(per_device)
   if mode == "sequential":
     per_device = 1
   act = per_device * kind.activation_bytes(config.model, b)
@@ -321,11 +321,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   except ValueError as e:
     raise ConfigError(f"model.hidden: {e}") from None
   estimate = check_memory(config, task.num_params)
-  mode = config.engine.replica_mode
-  progress.say("memory estimate: %s of %.3g GiB available (replicas: %s)",
+  progress.say("memory estimate: %s of %.3g GiB available",
                ", ".join(f"{k} {v / GIB:.3g} GiB" for k, v in estimate.items()
-                         if k != "limit"), estimate["limit"] / GIB,
-               local_steps.default_replica_mode() if mode == "auto" else mode)
+                         if k != "limit"), estimate["limit"] / GIB)
   population = None
   if config.train.num_clients:
     shards, inner_steps, sampler = _population_data(config, train_src)

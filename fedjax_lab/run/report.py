@@ -130,7 +130,9 @@ def rows_of(results: Sequence[Dict[str, Any]],
         "arm": r["name"],
         "algorithm": r.get("algorithm"),
         "inner_steps": r.get("inner_steps"),
-        "outer_hparams": ";".join(f"{k}={v}" for k, v in sorted(hp.items())),
+        # Only what the arm set (unset registry hparams are None: defaults).
+        "outer_hparams": ";".join(f"{k}={v}" for k, v in sorted(hp.items())
+                                  if v is not None),
         "outer_lr": _outer_lr(r),
         "seed": r.get("config", {}).get("train", {}).get("seed"),
         "status": r.get("status"),
