@@ -132,6 +132,16 @@ def _dirichlet(labels: np.ndarray, num_replicas: int, alpha: float,
           for r in range(num_replicas)]
 
 
+def _dirichlet_labels(source, field: str) -> np.ndarray:
+  """What Dirichlet skew is over: the labels, or else the groups."""
+  labels = getattr(source, "labels", None)
+  if labels is None:
+    labels = getattr(source, "groups", None)
+  if labels is None:
+    raise ValueError(f"{field}: dirichlet needs source.labels or .groups")
+  return np.asarray(labels)
+
+
 def partition(source, num_replicas: int, *, method: str = "iid",
               alpha: float = 0.5, seed: int = 0) -> List[np.ndarray]:
   """Splits `source` into `num_replicas` disjoint shards covering it.
@@ -168,12 +178,8 @@ def partition(source, num_replicas: int, *, method: str = "iid",
   elif method == "dirichlet":
     if not alpha > 0:
       raise ValueError(f"partition: dirichlet alpha must be > 0, got {alpha}")
-    labels = getattr(source, "labels", None)
-    if labels is None:
-      labels = getattr(source, "groups", None)
-    if labels is None:
-      raise ValueError("partition: dirichlet needs source.labels or .groups")
-    shards = _dirichlet(np.asarray(labels), num_replicas, alpha, rng)
+    shards = _dirichlet(_dirichlet_labels(source, "partition"), num_replicas,
+                        alpha, rng)
   else:
     raise ValueError(f"partition: unknown method {method!r}; known: {METHODS}")
   shards = [np.sort(s).astype(np.int64) for s in shards]
@@ -381,13 +387,8 @@ def client_partition(source, num_clients: Optional[int] = None,
     else:
       if not alpha > 0:
         raise ValueError(f"data.alpha: dirichlet alpha must be > 0, got {alpha}")
-      labels = getattr(source, "labels", None)
-      if labels is None:
-        labels = getattr(source, "groups", None)
-      if labels is None:
-        raise ValueError("data.partition: dirichlet needs source.labels or "
-                         ".groups")
-      shards = _dirichlet(np.asarray(labels), num_clients, alpha, rng, sizes)
+      shards = _dirichlet(_dirichlet_labels(source, "data.partition"),
+                          num_clients, alpha, rng, sizes)
   shards = [np.sort(s).astype(np.int64) for s in shards]
   sizes = np.array([len(s) for s in shards])
   logging.info("client_partition %s: %d clients covering %d of %d examples; "
