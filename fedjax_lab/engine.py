@@ -363,11 +363,15 @@ class Engine:
             merged = jax.tree.map(lambda a, b: jnp.where(state.round > 0, a, b),
                                   merged, reps_p)
           reps = fragments_lib.put(reps, idx, merged)
-    # Replicas that did not count (sat out, diverged) restart from the global
-    # model and discard their optimizer steps; under the plain schedule the
-    # sync has already restarted them, so this changes nothing there.
-    ok = ok_all & rep.all_finite(reps)
-    reps = rep.select(ok, reps, rep.broadcast_to(g, reps))
+    # Replicas that did not count (sat out, diverged) discard their optimizer
+    # steps. Under the plain schedule the one sync has already checked them
+    # and restarted them from the global model; a streaming schedule's
+    # replicas may have trained on after their fragment's sync, so there they
+    # are checked again and restarted here (one more pass over the replicas).
+    ok = ok_all
+    if not plain:
+      ok = ok & rep.all_finite(reps)
+      reps = rep.select(ok, reps, rep.broadcast_to(g, reps))
     inner = rep.select(ok, inner, state.inner_state)
     if self.outer.reset_inner_state:
       inner = jax.vmap(lambda o, p: rep.fresh_inner_state(self.inner_opt, o, p))(

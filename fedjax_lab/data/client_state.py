@@ -103,17 +103,23 @@ class ClientStateStore:
     if keep.shape != ids.shape:
       raise ValueError(f"ClientStateStore.scatter: mask shape {keep.shape} != "
                        f"client_ids shape {ids.shape}")
+    values = self._values("scatter", tree, len(ids))
+    for leaf, value in zip(self._leaves, values):
+      leaf[ids[keep]] = value[keep]
+
+  def _values(self, method: str, tree, rows: int):
+    """`tree`'s leaves as numpy, checked against the store: the same tree
+    structure, each leaf [rows, ...] like the store's."""
     leaves, treedef = jax.tree.flatten(tree)
     if treedef != self._treedef:
-      raise ValueError(f"ClientStateStore.scatter: tree structure {treedef} "
+      raise ValueError(f"ClientStateStore.{method}: tree structure {treedef} "
                        f"!= the store's {self._treedef}")
     values = [np.asarray(v) for v in leaves]
     for leaf, value in zip(self._leaves, values):
-      if value.shape != (len(ids),) + leaf.shape[1:]:
-        raise ValueError(f"ClientStateStore.scatter: leaf shape {value.shape} "
-                         f"!= {(len(ids),) + leaf.shape[1:]}")
-    for leaf, value in zip(self._leaves, values):
-      leaf[ids[keep]] = value[keep]
+      if value.shape != (rows,) + leaf.shape[1:]:
+        raise ValueError(f"ClientStateStore.{method}: leaf shape "
+                         f"{value.shape} != {(rows,) + leaf.shape[1:]}")
+    return values
 
   def state_dict(self, copy: bool = True) -> Any:
     """The whole store: the template's tree with numpy leaves [N, ...].
@@ -127,14 +133,6 @@ class ClientStateStore:
 
   def load_state_dict(self, tree: Any) -> None:
     """Replaces every client's state with `tree` (from `state_dict`)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    if treedef != self._treedef:
-      raise ValueError(f"ClientStateStore.load_state_dict: tree structure "
-                       f"{treedef} != the store's {self._treedef}")
-    values = [np.asarray(v) for v in leaves]
-    for leaf, value in zip(self._leaves, values):
-      if value.shape != leaf.shape:
-        raise ValueError(f"ClientStateStore.load_state_dict: leaf shape "
-                         f"{value.shape} != {leaf.shape}")
+    values = self._values("load_state_dict", tree, self.num_clients)
     for leaf, value in zip(self._leaves, values):
       leaf[...] = value
