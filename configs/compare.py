@@ -1,37 +1,47 @@
-r"""The main comparison: every outer-algorithm family against data-parallel.
+r"""The main comparison: outer algorithms against data-parallel, tuned on
+validation, reported on test over seeds.
 
 Every arm trains the same byte LM on the same data (the stdlib corpus,
-`small` subset, by-source shards over M = 4 replicas) with the same inner
-AdamW and the same token budget (rounds × H inner steps per replica is fixed
-by the base config); arms differ only in the outer algorithm, H, the outer
-hyperparameters and the seed. The sweep is data (`get_sweep`), as big_vision
-does it.
+`small` subset, by-source shards) with the same inner AdamW and the same
+token budget (rounds × H × M × B sequences: 2400 inner steps of 32
+sequences of 64 bytes, about 4.9M tokens, ~42 tokens per parameter; arms
+with another H get rounds = 2400 / H, the M = 1 control gets B = 32). Arms
+differ in the outer algorithm, its hyperparameters, the inner learning rate
+(tuned per arm), H and the seed. The sweeps are data (`get_sweep`), as
+big_vision does it.
 
-Run (the default sweep: 12 arms, about 9 minutes on 2 CPU cores):
-  python experiments/compare.py --config=configs/compare.py --workdir=/tmp/fedjax_lab/compare
-Other sweeps (see SWEEPS): --sweep=h, --sweep=lr, --sweep=scaffold,
---sweep=seeds, --sweep=full.
+Protocol (docs/results.md):
+1. `--sweep=tune` runs, per arm, a grid over the inner learning rate and the
+   arm's outer hyperparameter (`TUNE_GRID`) at a quarter of the budget
+   (600 steps, the lr schedule spanning them), seed 0, and keeps each arm's
+   point with the lowest final loss on the validation split (whole split).
+   The choices go to configs/tuned.json (committed), which every other sweep
+   reads: re-running a comparison does not re-tune; re-running the tuning
+   sweep reuses its completed runs (--noreuse to redo them).
+2. The comparison sweeps run the chosen points at the full budget over
+   several seeds and report the test split (whole split): mean ± std and
+   min–max over seeds; curves are the seed mean with a min–max band.
+
+Run (the default sweep: 4 arms × 2 seeds, about 10 minutes on 2 CPU cores):
+  python experiments/compare.py --config=configs/compare.py --workdir=runs/compare
+Other sweeps (see SWEEPS): --sweep=main_full (every arm × 3 seeds),
+--sweep=tune (the grid, ~25 minutes), --sweep=h, --sweep=scaffold.
 A tiny version for tests: --config=configs/compare.py:smoke --sweep=tiny.
 """
 
-import itertools
+import os
 
 import ml_collections
 
 from configs import default
 from configs import smoke
+from fedjax_lab.run import tuning
 
-# The point of each family the default sweep runs. Outer lrs were picked at
-# H = 25 on this budget from a few values each (final eval loss in brackets):
-# diloco 0.5 [2.000] over 0.7 [2.025]; fedadam 0.03 [2.266] over 0.01
-# [2.372] and 0.003 [2.638]; fedyogi 0.03 [2.265] over 0.01 [2.373];
-# fedadagrad 0.05 [2.414] over 0.01 [2.982]; fedavgm 0.5 [2.348] over 0.2
-# [2.442]; papa α 0.9 [2.219] over 0.975 [2.473]; demo η 3e-3 [1.867] over
-# 3e-4 [2.605], 1e-3 [2.198], 5e-3 [1.916], 1e-2 [1.968]. Others: papers'
-# defaults.
-TUNED = {
+# The outer hyperparameters an arm starts from before tuning (the papers'
+# defaults where the grid does not set them).
+DEFAULTS = {
     "ddp": {},
-    "diloco": {"learning_rate": 0.5, "momentum": 0.9},
+    "diloco": {"learning_rate": 0.7, "momentum": 0.9},
     "fedavg": {"learning_rate": 1.0},
     "fedavgm": {"learning_rate": 0.5, "momentum": 0.9},
     "fedadam": {"learning_rate": 0.03, "tau": 1e-3},
@@ -45,37 +55,49 @@ TUNED = {
     "demo": {"learning_rate": 3e-3},
     "scaffold": {"local_lr": 0.1, "server_lr": 1.0},
 }
+# The arms of the main comparison: key -> (algorithm, overrides). The M = 1
+# DiLoCo control sees the same 32 sequences per step as ddp (one replica).
+MAIN_ARMS = {
+    "ddp": ("ddp", {}),
+    "diloco": ("diloco", {}),
+    "diloco_m1": ("diloco", {"train.num_replicas": 1, "inner.batch_size": 32}),
+    "fedavg": ("fedavg", {}),
+    "fedadam": ("fedadam", {}),
+    "easgd": ("easgd", {}),
+    "fedprox": ("fedprox", {}),
+    "papa": ("papa", {}),
+    "demo": ("demo", {}),
+}
+DEFAULT_ARMS = ("ddp", "diloco", "diloco_m1", "fedadam")  # ~10 CPU minutes.
+DEFAULT_SEEDS = (0, 1)
+SEEDS = (0, 1, 2)  # --sweep=main_full.
+# The tuning grid per arm: the inner lr (DeMo has none: its sign-SGD step has
+# its own lr) × the arm's outer hyperparameter. 3×3 points at most.
+INNER_LRS = (4e-3, 1e-2, 2.5e-2)
+_OUTER_GRID = {
+    "ddp": {},
+    "diloco": {"outer.hparams.learning_rate": (0.3, 0.5, 0.7)},
+    "diloco_m1": {"outer.hparams.learning_rate": (0.3, 0.5, 0.7)},
+    "fedavg": {},
+    "fedadam": {"outer.hparams.learning_rate": (0.01, 0.03, 0.1)},
+    "easgd": {"outer.hparams.beta": (0.5, 0.7, 0.9)},
+    "fedprox": {"outer.hparams.mu": (0.001, 0.01, 0.1)},
+    "papa": {"outer.hparams.alpha": (0.5, 0.9, 0.975)},
+    "demo": {"outer.hparams.learning_rate": (1e-3, 3e-3, 1e-2)},
+}
+TUNE_GRID = {key: ({} if key == "demo" else {"inner.learning_rate": INNER_LRS})
+             | grid for key, grid in _OUTER_GRID.items()}
+TUNE_FRACTION = 4  # Tuning runs a quarter of the budget.
+TUNE_SEED = 0
+TUNED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "tuned.json")
 # SCAFFOLD's option II assumes plain constant-lr SGD inner steps; its arms
 # (and a FedAvg control with the same inner SGD) override the inner optimizer.
 SGD_INNER = {"inner.optimizer": "sgd", "inner.learning_rate": 0.1,
              "inner.warmup_steps": 0, "inner.decay": "constant",
              "inner.weight_decay": 0.0, "inner.grad_clip": 0.0,
              "inner.momentum": 0.0}
-# The order of the table and the plots' legends.
-ALGORITHMS = ("ddp", "diloco", "fedavg", "fedavgm", "fedadam", "fedyogi",
-              "fedadagrad", "easgd", "fedprox", "papa", "papa_all", "demo")
-# The outer learning rate grid of --sweep=lr (hparam swept per family).
-LR_GRID = {
-    "diloco": ("learning_rate", (0.3, 0.5, 0.7, 1.0)),
-    "fedavgm": ("learning_rate", (0.3, 0.5, 0.7, 1.0)),
-    "fedadam": ("learning_rate", (0.003, 0.01, 0.03, 0.1)),
-    "fedyogi": ("learning_rate", (0.003, 0.01, 0.03, 0.1)),
-    "fedadagrad": ("learning_rate", (0.01, 0.05, 0.1)),
-    "easgd": ("beta", (0.5, 0.9)),
-    "fedprox": ("mu", (0.001, 0.01, 0.1)),
-    "papa": ("alpha", (0.5, 0.9, 0.975)),
-    "demo": ("learning_rate", (1e-3, 3e-3, 1e-2)),
-}
-H_GRID = (10, 25, 50)  # Inner steps per round, --sweep=h and --sweep=full.
-
-
-def _h_values(config):
-  """H_GRID, or (H/2, H, 2H) of the base when H_GRID does not divide its budget."""
-  budget = config.train.rounds * config.inner.steps
-  grid = H_GRID if all(budget % h == 0 for h in H_GRID) else (
-      config.inner.steps // 2, config.inner.steps, 2 * config.inner.steps)
-  return tuple(h for h in grid if h >= 1 and budget % h == 0)
-SEEDS = (0, 1, 2)  # --sweep=seeds and --sweep=full.
+H_GRID = (10, 25, 50, 100)  # Inner steps per round, --sweep=h.
 
 
 def get_config(size: str = "cpu"):
@@ -87,37 +109,37 @@ def get_config(size: str = "cpu"):
   if size != "cpu":
     raise ValueError(f"configs/compare.py: size must be 'cpu' or 'smoke', got {size!r}")
   config = default.get_config()
-  # The budget every arm gets: rounds × H = 600 inner steps per replica, i.e.
-  # 600 × M=4 × B=8 × 64 bytes = 1.2M training tokens per arm.
-  config.inner.batch_size = 8  # B: half the default, so 11 arms fit in ~10 CPU minutes.
-  config.inner.steps = 25  # H of the base; arms with another H get rounds = 600 / H.
-  config.train.rounds = 24  # 24 rounds × 25 steps = the 600-step budget.
-  config.train.eval_every = 4  # Every 100 inner steps (scaled per arm to stay equal in steps).
-  config.train.log_every = 4  # Every 100 inner steps (scaled likewise).
+  # The budget every arm gets: rounds × H = 2400 inner steps per replica,
+  # i.e. 2400 × M=4 × B=8 × 64 bytes = 4.9M training tokens per arm.
+  config.inner.batch_size = 8  # B per replica: M·B = 32 sequences per step.
+  config.inner.steps = 25  # H of the base; arms with another H get rounds = 2400 / H.
+  config.train.rounds = 96  # 96 rounds × 25 steps = the 2400-step budget.
+  config.train.eval_every = 8  # Every 200 inner steps (scaled per arm to stay equal in steps).
+  config.train.log_every = 8  # Every 200 inner steps (scaled likewise).
   config.train.checkpoint_every = 0  # No checkpoints: arms are short; rerun to resume per arm.
   config.train.tensorboard = True  # Event files per arm.
+  config.data.eval_batches = 8  # Curves: a fixed stratified sample of 512 sequences per split.
   config.mesh.num_devices = 0  # vmap on one device (fastest on a 2-core CPU).
   return config
 
 
 def arm(config, algorithm: str, *, inner_steps=None, hparams=None, seed=0,
-        name=None, extra=None):
+        name=None, extra=None, group=None):
   """One arm: overrides of the base config keeping the token budget equal
-  (`extra`: more overrides, e.g. the inner optimizer)."""
+  (`extra`: more overrides, applied last, e.g. the inner optimizer; `group`:
+  the setting the arm is a seed of, for the report's seed statistics)."""
   base_h = config.inner.steps
   h = inner_steps or base_h
   budget = config.train.rounds * base_h
   if budget % h:
     raise ValueError(f"sweep: H={h} does not divide the budget of {budget} steps")
   per = lambda rounds: max(1, rounds * base_h // h) if rounds else 0
-  hparams = dict(TUNED[algorithm] if hparams is None else hparams)
+  hparams = dict(DEFAULTS[algorithm] if hparams is None else hparams)
   if name is None:
-    hp = "".join(f"_{k[:2]}{v:g}" for k, v in sorted(hparams.items())
-                 if isinstance(v, float) and k in ("learning_rate", "beta", "mu", "alpha"))
-    name = f"{algorithm}_H{h}{hp if hparams != TUNED.get(algorithm) else ''}"
-    name += f"_s{seed}" if seed else ""
+    name = f"{algorithm}_H{h}" + (f"_s{seed}" if seed else "")
   return {
       "name": name,
+      "group": group or name,
       "overrides": {
           "outer.name": algorithm,
           "outer.hparams": hparams,
@@ -133,55 +155,113 @@ def arm(config, algorithm: str, *, inner_steps=None, hparams=None, seed=0,
   }
 
 
+def tuned(key: str, path: str = TUNED_FILE):
+  """The overrides tuning chose for arm `key` (configs/tuned.json)."""
+  settings = tuning.load(path)["settings"]
+  if key not in settings:
+    raise ValueError(f"{path}: no tuned point for arm {key!r} (tuned: "
+                     f"{sorted(settings)}); run --sweep=tune")
+  return dict(settings[key]["point"])
+
+
+def tuned_arm(config, key: str, *, seed=0, inner_steps=None, name=None,
+              extra=None):
+  """Main arm `key` (MAIN_ARMS) at its tuned point, for seed `seed`."""
+  if key not in MAIN_ARMS:
+    raise ValueError(f"sweep: unknown arm {key!r}; known: {sorted(MAIN_ARMS)}")
+  algorithm, overrides = MAIN_ARMS[key]
+  group = key if inner_steps is None else f"{key}_H{inner_steps}"
+  return arm(config, algorithm, inner_steps=inner_steps, seed=seed,
+             name=name or f"{group}_s{seed}", group=group,
+             extra={**overrides, **tuned(key), **(extra or {})})
+
+
+def tuning_arms(config, keys=tuple(MAIN_ARMS), fraction: int = TUNE_FRACTION):
+  """The grid of every arm in `keys` at 1/fraction of the budget, seed 0.
+
+  Each arm carries 'setting' (its key) and 'point' (the grid's overrides),
+  which `after_sweep` hands to `tuning.choose`.
+  """
+  short = config.copy_and_resolve_references()
+  short.train.rounds = max(1, config.train.rounds // fraction)
+  short.train.eval_every = 0  # Only the final evaluation: no curves needed.
+  short.train.tensorboard = False
+  arms = []
+  for key in keys:
+    algorithm, overrides = MAIN_ARMS[key]
+    grid = TUNE_GRID[key]
+    points = [{}]
+    for field, values in grid.items():
+      points = [dict(p, **{field: v}) for p in points for v in values]
+    for point in points:
+      label = "_".join(f"{f.split('.')[-1][:2]}{v:g}" for f, v in point.items())
+      a = arm(short, algorithm, seed=TUNE_SEED,
+              name=f"tune_{key}" + (f"_{label}" if label else ""),
+              extra={**overrides, **point})
+      arms.append(dict(a, setting=key, point=point))
+  return arms
+
+
+def after_sweep(name: str, config, results, workdir: str) -> None:
+  """After --sweep=tune: choose on validation, save configs/tuned.json."""
+  if name not in ("tune", "tiny_tune"):
+    return
+  chosen = tuning.choose(results)
+  protocol = {
+      "selected_on": "final loss on the validation split (whole split), "
+                     "lowest wins; the test split is not read",
+      "horizon_steps": results[0]["steps"] if results else None,
+      "budget_fraction": f"1/{TUNE_FRACTION}",
+      "seed": TUNE_SEED,
+      "grid": {k: {f: list(v) for f, v in g.items()}
+               for k, g in TUNE_GRID.items()},
+  }
+  path = TUNED_FILE if name == "tune" else os.path.join(workdir, "tuned.json")
+  tuning.save(path, chosen, protocol=protocol)
+  with open(os.path.join(workdir, "tuning.md"), "w") as f:
+    f.write(tuning.markdown(chosen))
+
+
 def _default(config):
-  return [arm(config, a) for a in ALGORITHMS]
+  return [tuned_arm(config, k, seed=s) for k in DEFAULT_ARMS
+          for s in DEFAULT_SEEDS]
+
+
+def _main_full(config):
+  return [tuned_arm(config, k, seed=s) for k in MAIN_ARMS for s in SEEDS]
+
+
+def _tune(config):
+  return tuning_arms(config)
 
 
 def _tiny(config):
-  return [arm(config, "ddp"), arm(config, "diloco"),
-          arm(config, "fedavg", inner_steps=2 * config.inner.steps)]
+  return [tuned_arm(config, "ddp", seed=s) for s in (0, 1)] + [
+      tuned_arm(config, "diloco", seed=s) for s in (0, 1)] + [
+          tuned_arm(config, "fedavg", inner_steps=2 * config.inner.steps)]
+
+
+def _tiny_tune(config):
+  return tuning_arms(config, keys=("ddp", "diloco"))
 
 
 def _h(config):
-  return [arm(config, "ddp")] + [arm(config, "diloco", inner_steps=h)
-                                 for h in _h_values(config)]
-
-
-def _lr(config):
-  arms = [arm(config, "ddp")]
-  for algorithm, (key, values) in LR_GRID.items():
-    for v in values:
-      arms.append(arm(config, algorithm,
-                      hparams=dict(TUNED[algorithm], **{key: v}),
-                      name=f"{algorithm}_{key}{v:g}"))
-  return arms
+  budget = config.train.rounds * config.inner.steps
+  hs = [h for h in H_GRID if budget % h == 0] or [config.inner.steps]
+  return [tuned_arm(config, "ddp")] + [tuned_arm(config, "diloco", inner_steps=h)
+                                      for h in hs]
 
 
 def _scaffold(config):
   """SCAFFOLD and FedAvg with the same plain-SGD inner steps, against ddp."""
-  return [arm(config, "ddp"),
+  return [tuned_arm(config, "ddp"),
           arm(config, "scaffold", extra=SGD_INNER, name="scaffold_sgd"),
           arm(config, "fedavg", extra=SGD_INNER, name="fedavg_sgd")]
 
 
-def _seeds(config):
-  return [arm(config, a, seed=s) for a in ALGORITHMS for s in SEEDS]
-
-
-def _full(config):
-  """algorithm × H × outer lr × seed (ddp: × seed only): hours on a CPU."""
-  arms = [arm(config, "ddp", seed=s) for s in SEEDS]
-  arms += _scaffold(config)[1:]  # Its ddp arm is already there.
-  for algorithm, (key, values) in LR_GRID.items():
-    for h, v, s in itertools.product(_h_values(config), values, SEEDS):
-      arms.append(arm(config, algorithm, inner_steps=h,
-                      hparams=dict(TUNED[algorithm], **{key: v}), seed=s,
-                      name=f"{algorithm}_H{h}_{key}{v:g}_s{s}"))
-  return arms
-
-
-SWEEPS = {"default": _default, "tiny": _tiny, "h": _h, "lr": _lr,
-          "scaffold": _scaffold, "seeds": _seeds, "full": _full}
+SWEEPS = {"default": _default, "main_full": _main_full, "tune": _tune,
+          "h": _h, "scaffold": _scaffold, "tiny": _tiny,
+          "tiny_tune": _tiny_tune}
 
 
 def get_sweep(config: ml_collections.ConfigDict, name: str = "default"):

@@ -53,7 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.partition = "by_source"  # Replica shards: 'iid', 'by_source' or 'dirichlet'; with train.num_clients > 0, client shards: 'by_file', 'by_group', 'dirichlet' or 'iid'.
   config.data.alpha = 0.5  # Dirichlet concentration (partition='dirichlet' only).
   config.data.eval_batch_size = 64  # Sequences per eval batch.
-  config.data.eval_batches = 16  # Eval batches per evaluation; 0 = the whole split.
+  config.data.eval_split = ""  # The validation split, for choosing hyperparameters; '' = 'validation' (else 'test' for TFDS datasets without one).
+  config.data.test_split = "test"  # The split reported numbers come from (never used to choose anything); '' = none.
+  config.data.eval_batches = 16  # Evaluations during training: a fixed shuffled sample of this many batches of each split, stratified by group; 0 = the whole split.
+  config.data.final_eval_batches = 0  # The final evaluation of a completed run: batches of each split; 0 = the whole split.
   config.data.max_examples = 0  # TFDS datasets: read at most this many; 0 = all.
   config.data.prefetch = 2  # Rounds the loader prepares ahead (0 = none).
 
@@ -129,6 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.local_epochs = 0  # E: local epochs per sampled client (ceil(n_i/B)·E steps); 0 = inner.steps steps.
   config.train.max_local_steps = 0  # With local_epochs: cap on a client's local steps (the round's step axis); 0 = no cap.
   config.train.target_eval_loss = 0.0  # Comparison reports: rounds to the first eval with loss <= this; 0 = no target.
+  config.train.outer_drop_prob = 0.0  # Each round, drop each replica's outer gradient with this probability (a lossy network, DiLoCo's ablation); the replica restarts from the new global model.
 
   # How the engine runs replicas (fedjax_lab.engine.Engine).
   config.engine = ml_collections.ConfigDict()

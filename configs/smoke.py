@@ -17,6 +17,7 @@ def get_config():
   config.model.seq_len = 32  # Short sequences.
   config.data.eval_batch_size = 16  # Small eval batches.
   config.data.eval_batches = 2  # Two of them.
+  config.data.final_eval_batches = 4  # The final evaluation: 64 examples per split.
   config.inner.steps = 4  # H = 4.
   config.inner.batch_size = 4  # B = 4.
   config.inner.warmup_steps = 4  # Short warm-up.

@@ -5,8 +5,9 @@ r"""Runs a comparison sweep and writes its table and plots: a thin entry point.
 
 The sweep's arms come from `get_sweep(config, name)` in the config file
 (configs/compare.py); every arm runs in this process (one engine each) in
-workdir/<arm>, and workdir/results.md, results.csv, eval_loss_vs_steps.png
-and eval_loss_vs_bytes.png summarise them. Completed arms are reused when the
+workdir/<arm>, and workdir/results.md, results.csv and the plots summarise
+them; the file's `after_sweep(name, config, results, workdir)`, when it has
+one, runs last (the tuning sweep saves its choices there). Completed arms are reused when the
 command is run again (--noreuse to rerun them).
 
 A base-config override of a field that every arm sets (e.g.
@@ -38,15 +39,15 @@ _SWEEP = flags.DEFINE_string("sweep", "default", "Which sweep of the config file
 _REUSE = flags.DEFINE_bool("reuse", True, "Skip arms that already completed.")
 
 
-def _sweep_fn(config_arg: str):
-  """get_sweep from the file named by --config (the part before any ':')."""
+def _sweep_module(config_arg: str):
+  """The file named by --config (the part before any ':'), as a module."""
   path = config_arg.split(":", 1)[0]
   spec = importlib.util.spec_from_file_location("_fedjax_lab_sweep", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     cli.fail(2, f"--config: {path} defines no get_sweep(config, name)")
-  return module.get_sweep
+  return module
 
 
 def main(argv):
@@ -57,16 +58,18 @@ def main(argv):
   config = cli.config_value(_CONFIG)
   workdir = cli.workdir_ok(_WORKDIR.value)
   run_lib.quiet_orbax_logs()
-  get_sweep = _sweep_fn(config_flags.get_config_filename(flags.FLAGS["config"]))
+  module = _sweep_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
-    arms = get_sweep(config, _SWEEP.value)
+    arms = module.get_sweep(config, _SWEEP.value)
   except ValueError as e:
     cli.fail(2, f"--sweep: {e}")
   try:
     run_lib.check_base_overrides(cli.overridden_fields(), arms, _SWEEP.value)
-    run_lib.run_comparison(config, arms, workdir, reuse=_REUSE.value)
+    results = run_lib.run_comparison(config, arms, workdir, reuse=_REUSE.value)
   except run_lib.ConfigError as e:
     cli.fail(2, f"config: {e}")
+  if hasattr(module, "after_sweep"):  # E.g. the tuning sweep's choice.
+    module.after_sweep(_SWEEP.value, config, results, workdir)
   logging.info("report: %s", os.path.join(workdir, "results.md"))
 
 

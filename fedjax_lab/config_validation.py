@@ -113,6 +113,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "alpha": ("float", _range(0.0, lo_open=True)),
         "eval_batch_size": ("int", POSITIVE),
         "eval_batches": ("int", NONNEG),
+        "final_eval_batches": ("int", NONNEG),
+        "eval_split": ("str", _any),
+        "test_split": ("str", _any),
         "max_examples": ("int", NONNEG),
         "prefetch": ("int", NONNEG),
     },
@@ -160,6 +163,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "local_epochs": ("int", NONNEG),
         "max_local_steps": ("int", NONNEG),
         "target_eval_loss": ("float", NONNEG),
+        "outer_drop_prob": ("float", _range(0.0, 1.0, hi_open=True)),
     },
     "mesh": {
         "num_devices": ("int", _range(-1)),
@@ -398,6 +402,13 @@ def check_consistency(config, *, device_count: int) -> None:
     raise ConfigError(f"inner.momentum: only inner.optimizer='sgd' takes it, "
                       f"got {show(config.inner.momentum)} with "
                       f"{config.inner.optimizer!r}; set it to 0")
+  drop = config.train.get("outer_drop_prob", 0.0)
+  if drop and outer_lib.get(config.outer.name,
+                            **outer_hparams(config)).data_parallel:
+    raise ConfigError(
+        f"train.outer_drop_prob: {config.outer.name!r} synchronises every "
+        "step (it has no outer gradient to drop); allowed: 0 for it, or an "
+        "algorithm with an outer step")
 
 
 def check_population(config) -> None:

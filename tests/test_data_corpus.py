@@ -39,17 +39,22 @@ def test_builds_offline_and_reads_back_by_name(small_dir):
 def test_split_is_by_file_deterministic_and_disjoint(small_dir, tmp_path):
   first = data.prepare_stdlib_corpus(data_dir=small_dir, subset="small")
   second = data.prepare_stdlib_corpus(data_dir=str(tmp_path), subset="small")
-  train, evals = _paths(first, "train"), _paths(first, "validation")
-  assert train == _paths(second, "train")
-  assert evals == _paths(second, "validation")
-  assert evals and not set(train) & set(evals)
-  assert sorted(train + evals) == stdlib_corpus.list_files(subset="small")
+  splits = {s: _paths(first, s) for s in ("train", "validation", "test")}
+  for split, paths in splits.items():  # Deterministic: a second prepare agrees.
+    assert paths == _paths(second, split), split
+    assert paths and all(stdlib_corpus.split_of(p) == split for p in paths)
+  train, evals, test = splits["train"], splits["validation"], splits["test"]
+  # Disjoint, and together the whole subset.
+  assert not (set(train) & set(evals) or set(train) & set(test)
+              or set(evals) & set(test))
+  assert sorted(train + evals + test) == stdlib_corpus.list_files(subset="small")
   assert all(stdlib_corpus.is_eval_path(p) for p in evals)
-  assert 0.01 < len(evals) / (len(train) + len(evals)) < 0.15
+  for held_out in (evals, test):
+    assert 0.01 < len(held_out) / len(stdlib_corpus.list_files(subset="small")) < 0.15
 
 
 def test_prepare_is_idempotent(small_dir):
-  version_dir = os.path.join(small_dir, "stdlib_py", "small", "1.0.0")
+  version_dir = os.path.join(small_dir, "stdlib_py", "small", "1.1.0")
   before = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
             for f in os.listdir(version_dir)}
   data.prepare_stdlib_corpus(data_dir=small_dir, subset="small")
@@ -68,7 +73,7 @@ def test_fingerprint_is_stored_and_checked(tmp_path):
   assert fingerprint["num_bytes"] > 1_000_000
   assert len(fingerprint["sha256"]) == 64
   # A directory made by another Python is refused, not silently reused.
-  metadata = os.path.join(tmp_path, "stdlib_py", "small", "1.0.0", "metadata.json")
+  metadata = os.path.join(tmp_path, "stdlib_py", "small", "1.1.0", "metadata.json")
   with open(metadata) as f:
     stored = json.load(f)
   stored["fingerprint"]["sha256"] = "0" * 64
@@ -105,7 +110,7 @@ def test_lm_sources_chunk_files_into_windows(small_dir):
   expected = 0
   first = {}
   for path in stdlib_corpus.list_files(subset="small"):
-    if stdlib_corpus.is_eval_path(path):
+    if stdlib_corpus.split_of(path) != "train":
       continue
     with open(os.path.join(root, path), "rb") as f:
       text = f.read()

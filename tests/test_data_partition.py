@@ -127,7 +127,7 @@ def _stdlib_train_files():
   from fedjax_lab.data import stdlib_corpus  # pylint: disable=g-import-not-at-top
   out = {}
   for path in stdlib_corpus.list_files(subset="small"):
-    if not stdlib_corpus.is_eval_path(path):
+    if stdlib_corpus.split_of(path) == "train":
       with open(os.path.join(stdlib_corpus.stdlib_root(), path), "rb") as f:
         out[path] = f.read()
   return out

@@ -76,7 +76,7 @@ def test_every_client_every_round_is_todays_run_bit_for_bit(
     tmp_path, data_dir, algorithm):
   base = _config(data_dir, algorithm, **{"data.partition": "iid"})
   # The premise: the iid client partition of N = M is the replicas' one.
-  src, _ = build_lib.load_sources(base)
+  src = build_lib.load_sources(base)[0]
   m = base.train.num_replicas
   for a, b in zip(data_lib.partition(src, m, method="iid", seed=0),
                   data_lib.client_partition(src, m, "iid", seed=0)):

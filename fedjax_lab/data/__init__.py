@@ -32,11 +32,13 @@ from fedjax_lab.data.population import PopulationLoader
 from fedjax_lab.data.population import PopulationRound
 from fedjax_lab.data.population import SAMPLING_KINDS
 from fedjax_lab.data.sources import eval_batches
+from fedjax_lab.data.sources import eval_plan
 from fedjax_lab.data.sources import gather
 from fedjax_lab.data.sources import image_sources
 from fedjax_lab.data.sources import ImageSource
 from fedjax_lab.data.sources import lm_sources
 from fedjax_lab.data.sources import LMSource
+from fedjax_lab.data.sources import stratified_sample
 from fedjax_lab.data.sources import tfds_source
 from fedjax_lab.data.stdlib_corpus import corpus_fingerprint
 from fedjax_lab.data.stdlib_corpus import prepare_stdlib_corpus
@@ -60,6 +62,7 @@ __all__ = [
     "client_steps",
     "corpus_fingerprint",
     "eval_batches",
+    "eval_plan",
     "file_ids",
     "gather",
     "heterogeneity",
@@ -68,5 +71,6 @@ __all__ = [
     "lm_sources",
     "partition",
     "prepare_stdlib_corpus",
+    "stratified_sample",
     "tfds_source",
 ]

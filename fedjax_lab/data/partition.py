@@ -232,7 +232,7 @@ def file_ids(source) -> np.ndarray:
         f"stdlib corpus has; this source is {info.get('dataset')!r} (use "
         "by_group, dirichlet or iid)")
   subset, split = info.get("subset"), info.get("split")
-  splits = (stdlib_corpus.TRAIN_SPLIT, stdlib_corpus.EVAL_SPLIT)
+  splits = stdlib_corpus.SPLITS
   if split not in splits:
     raise ValueError(f"data.partition: by_file derives file ids for the splits "
                      f"{splits} only, not {split!r}")
@@ -240,9 +240,8 @@ def file_ids(source) -> np.ndarray:
   if stored != stdlib_corpus.corpus_fingerprint(subset=subset)["sha256"]:
     raise ValueError("data.partition: by_file: this source was made from "
                      "another standard library than this interpreter's")
-  held_out = split == stdlib_corpus.EVAL_SPLIT
   paths = [p for p in stdlib_corpus.list_files(subset=subset)
-           if stdlib_corpus.is_eval_path(p) == held_out]
+           if stdlib_corpus.split_of(p) == split]
   root, width = stdlib_corpus.stdlib_root(), source.seq_len + 1
   full = [os.path.join(root, *p.split("/")) for p in paths]
   counts = np.array([os.path.getsize(f) // width for f in full], np.int64)

@@ -231,9 +231,9 @@ def _stdlib_lm_source(data_source, *, split: str, seq_len: int, packing: bool,
 def lm_sources(*, dataset: str = STDLIB, data_dir: Optional[str] = None,
                seq_len: int, subset: str = "full", train_split: str = "train",
                eval_split: Optional[str] = None, packing: Optional[bool] = None,
-               max_examples: Optional[int] = None,
-               text_key: str = "text") -> Tuple[LMSource, LMSource]:
-  """Byte-level LM train and eval sources.
+               max_examples: Optional[int] = None, text_key: str = "text",
+               test_split: Optional[str] = None) -> Tuple[LMSource, ...]:
+  """Byte-level LM train and eval (and test) sources.
 
   Args:
     dataset: 'stdlib' (the built-in corpus, prepared into `data_dir` on first
@@ -251,9 +251,14 @@ def lm_sources(*, dataset: str = STDLIB, data_dir: Optional[str] = None,
     max_examples: read at most this many examples per split (for datasets
       larger than memory, e.g. lm1b).
     text_key: the text feature of a TFDS dataset.
+    test_split: with a split name, a third source is returned: the split
+      reported numbers come from ('test' for the stdlib corpus). A name equal
+      to the eval split (a TFDS dataset without 'validation') gives None
+      there: no split is held out from both tuning and reporting.
 
   Returns:
-    (train_source, eval_source), `LMSource`s.
+    (train_source, eval_source), or with `test_split` (train, eval, test),
+    `LMSource`s.
 
   Raises:
     ValueError: when a TFDS dataset is absent from `data_dir`.
@@ -268,7 +273,7 @@ def lm_sources(*, dataset: str = STDLIB, data_dir: Optional[str] = None,
     info = {"dataset": STDLIB, "subset": subset,
             "fingerprint": dict(builder.info.metadata["fingerprint"])}
     out = []
-    for split in (train_split, eval_split):
+    for split in _splits(train_split, eval_split, test_split):
       data_source = tfds_source(name, split=split, data_dir=data_dir)
       out.append(_stdlib_lm_source(data_source, split=split, seq_len=seq_len,
                                    packing=packing, info=info))
@@ -276,7 +281,7 @@ def lm_sources(*, dataset: str = STDLIB, data_dir: Optional[str] = None,
     eval_split = eval_split or _default_eval_split(dataset, data_dir)
     packing = True if packing is None else packing
     out = []
-    for split in (train_split, eval_split):
+    for split in _splits(train_split, eval_split, test_split):
       data_source = tfds_source(dataset, split=split, data_dir=data_dir)
       texts = [_as_bytes(ex[text_key])
                for ex in _read_all(data_source, max_examples)]
@@ -292,14 +297,37 @@ def lm_sources(*, dataset: str = STDLIB, data_dir: Optional[str] = None,
     logging.info("lm_sources: %s split=%s: %d sequences of %d bytes, %d groups",
                  dataset, source.info["split"], len(source), seq_len + 1,
                  len(source.group_names))
-  return out[0], out[1]
+  return _with_test(out, eval_split, test_split)
+
+
+def _splits(train_split: str, eval_split: str,
+            test_split: Optional[str]) -> List[str]:
+  """The splits to read: train, eval, and test unless absent or = eval."""
+  out = [train_split, eval_split]
+  if test_split and test_split != eval_split:
+    out.append(test_split)
+  return out
+
+
+def _with_test(out: List[Any], eval_split: str, test_split: Optional[str]):
+  """(train, eval), or (train, eval, test or None) when a test split was asked."""
+  if test_split is None:
+    return out[0], out[1]
+  if len(out) == 2:
+    if test_split:
+      logging.warning("test split %r is the eval split: no separate test "
+                      "split (reported numbers are on the tuning split)",
+                      test_split)
+    return out[0], out[1], None
+  return out[0], out[1], out[2]
 
 
 def image_sources(*, dataset: str, data_dir: Optional[str] = None,
                   train_split: str = "train", eval_split: Optional[str] = None,
                   max_examples: Optional[int] = None, image_key: str = "image",
-                  label_key: str = "label") -> Tuple[ImageSource, ImageSource]:
-  """Image classification train and eval sources from a TFDS dataset.
+                  label_key: str = "label", test_split: Optional[str] = None
+                  ) -> Tuple[ImageSource, ...]:
+  """Image classification train and eval (and test) sources from a TFDS dataset.
 
   Args:
     dataset: TFDS name ('mnist', 'emnist/balanced', 'cifar10', ...), already
@@ -311,9 +339,11 @@ def image_sources(*, dataset: str, data_dir: Optional[str] = None,
     max_examples: read at most this many examples per split.
     image_key: the image feature.
     label_key: the label feature (a ClassLabel).
+    test_split: as in `lm_sources`.
 
   Returns:
-    (train_source, eval_source), `ImageSource`s.
+    (train_source, eval_source), or with `test_split` (train, eval, test or
+    None), `ImageSource`s.
 
   Raises:
     ValueError: when the dataset is absent from `data_dir`.
@@ -325,7 +355,7 @@ def image_sources(*, dataset: str, data_dir: Optional[str] = None,
   except Exception:  # pylint: disable=broad-except
     num_classes = None  # Not a ClassLabel or unknown: inferred from the labels.
   out = []
-  for split in (train_split, eval_split):
+  for split in _splits(train_split, eval_split, test_split):
     data_source = tfds_source(dataset, split=split, data_dir=data_dir)
     images, labels = [], []
     for ex in _read_all(data_source, max_examples):
@@ -340,10 +370,10 @@ def image_sources(*, dataset: str, data_dir: Optional[str] = None,
                  dataset, split, len(source), source.images.shape[1:],
                  source.num_classes)
     out.append(source)
-  if out[0].num_classes != out[1].num_classes:
-    num_classes = max(out[0].num_classes, out[1].num_classes)
-    out[0].num_classes = out[1].num_classes = num_classes
-  return out[0], out[1]
+  num_classes = max(source.num_classes for source in out)
+  for source in out:
+    source.num_classes = num_classes
+  return _with_test(out, eval_split, test_split)
 
 
 def eval_batches(source, *, batch_size: int,
@@ -351,7 +381,7 @@ def eval_batches(source, *, batch_size: int,
   """The first `num_batches` full batches of `source`, in index order.
 
   The last partial batch is dropped so every batch has the same shape (one
-  compiled eval step).
+  compiled eval step). Evaluation uses `eval_plan` instead.
 
   Args:
     source: a source (uses `get_batch` when it has one).
@@ -366,6 +396,73 @@ def eval_batches(source, *, batch_size: int,
   n = available if num_batches is None else min(num_batches, available)
   for b in range(n):
     yield gather(source, np.arange(b * batch_size, (b + 1) * batch_size))
+
+
+def strata(source) -> Optional[np.ndarray]:
+  """Each example's stratum: its group (LM sources) or label (images)."""
+  for name in ("groups", "labels"):
+    values = getattr(source, name, None)
+    if values is not None:
+      return np.asarray(values)
+  return None
+
+
+def stratified_sample(source, size: int, *, seed: int = 0) -> np.ndarray:
+  """A fixed, shuffled sample of `size` indices, stratified by `strata`.
+
+  Each stratum gets its share of `size` (largest remainders break ties),
+  drawn without replacement; the union is shuffled. A pure function of
+  (the source's strata, size, seed): every arm and every process evaluates
+  on the same examples.
+
+  Args:
+    source: a source; without strata the sample is a plain shuffled one.
+    size: examples to draw, at most len(source).
+    seed: the sample's seed (not the run's: all runs share one sample).
+
+  Returns:
+    int64 [size] indices.
+  """
+  n = len(source)
+  if not 0 < size <= n:
+    raise ValueError(f"stratified_sample: size must be in [1, {n}], got {size}")
+  rng = np.random.default_rng([seed, n, size])
+  labels = strata(source)
+  if labels is None:
+    return rng.permutation(n)[:size].astype(np.int64)
+  values, counts = np.unique(labels, return_counts=True)
+  share = counts * (size / n)
+  take = np.floor(share).astype(np.int64)
+  rest = size - int(take.sum())
+  take[np.argsort(-(share - take), kind="stable")[:rest]] += 1
+  picked = [rng.permutation(np.flatnonzero(labels == v))[:k]
+            for v, k in zip(values, take)]
+  out = np.concatenate(picked).astype(np.int64)
+  return out[rng.permutation(size)]
+
+
+def eval_plan(source, *, batch_size: int,
+              num_batches: Optional[int] = None) -> List[np.ndarray]:
+  """The index batches an evaluation runs over.
+
+  Args:
+    source: the split to evaluate.
+    batch_size: examples per batch.
+    num_batches: None (or at least the split's size): the whole split, in
+      index order, its last batch smaller (a second compiled shape; callers
+      weight batch means by batch size). Otherwise a fixed shuffled sample of
+      num_batches × batch_size examples stratified by group/label
+      (`stratified_sample`), in full batches.
+
+  Returns:
+    A list of int64 index arrays.
+  """
+  n = len(source)
+  if num_batches is None or num_batches * batch_size >= n:
+    return [np.arange(i, min(i + batch_size, n), dtype=np.int64)
+            for i in range(0, n, batch_size)]
+  idx = stratified_sample(source, num_batches * batch_size)
+  return list(idx.reshape(num_batches, batch_size))
 
 
 def gather(source, indices: np.ndarray) -> Dict[str, np.ndarray]:

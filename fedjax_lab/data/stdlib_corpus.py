@@ -14,10 +14,12 @@ Subsets (TFDS builder configs):
 * ``small``: the non-test files of a fixed list of packages (`SMALL_PACKAGES`,
   about 2.6 MB); for unit tests and quick benchmarks.
 
-Splits are by file: a file is held out for ``validation`` when a stable hash
-of its relative path falls in the lowest `EVAL_FRACTION` of the hash range, so
-the split does not depend on the order files are listed in, and a file keeps
-its split when others are added or removed.
+Splits are by file, from a stable hash of the file's relative path mapped to
+[0, 1): ``validation`` takes the lowest `EVAL_FRACTION` of the range (for
+choosing hyperparameters), ``test`` the next `TEST_FRACTION` (for reported
+numbers only), ``train`` the rest. The split does not depend on the order
+files are listed in, and a file keeps its split when others are added or
+removed. (Version 1.0.0 had no test split; its validation files are the same.)
 
 The corpus changes with the Python version, so `corpus_fingerprint` (python
 version, file count, bytes, sha256 over the sorted (path, content) pairs) is
@@ -39,8 +41,11 @@ import tensorflow_datasets as tfds
 DATASET_NAME = "stdlib_py"
 SUBSETS = ("full", "no_tests", "small")
 EVAL_FRACTION = 0.05
+TEST_FRACTION = 0.05
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
+TEST_SPLIT = "test"
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
 
 # Packages with distinct vocabularies (networking, parsing, concurrency, ...),
 # so by_source partitions of `small` are heterogeneous. `encodings` is left
@@ -70,20 +75,30 @@ def source_name(path: str) -> str:
   return top[:-3] if top.endswith(".py") else top
 
 
-def is_eval_path(path: str) -> bool:
-  """Whether the file at relative `path` is held out for evaluation.
+def _hash_fraction(path: str) -> float:
+  """sha256 of `path` as a number in [0, 1): the same in every process and on
+  every machine (not Python's salted `hash`)."""
+  digest = hashlib.sha256(path.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2**64
 
-  Uses sha256 of the path (not Python's salted `hash`), so the split is the
-  same in every process and on every machine.
+
+def split_of(path: str) -> str:
+  """The split ('train', 'validation' or 'test') of the file at `path`.
 
   Args:
     path: a '/'-separated path relative to the stdlib root.
-
-  Returns:
-    True for about `EVAL_FRACTION` of paths.
   """
-  digest = hashlib.sha256(path.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") < EVAL_FRACTION * 2**64
+  x = _hash_fraction(path)
+  if x < EVAL_FRACTION:
+    return EVAL_SPLIT
+  if x < EVAL_FRACTION + TEST_FRACTION:
+    return TEST_SPLIT
+  return TRAIN_SPLIT
+
+
+def is_eval_path(path: str) -> bool:
+  """Whether the file at `path` is in the validation split (`EVAL_FRACTION`)."""
+  return split_of(path) == EVAL_SPLIT
 
 
 def list_files(*, subset: str = "full") -> List[str]:
@@ -136,7 +151,7 @@ def corpus_fingerprint(*, subset: str = "full") -> Dict[str, object]:
   Returns:
     A JSON-serialisable dict: corpus, subset, python_version,
     python_implementation, num_files, num_bytes, num_eval_files,
-    eval_fraction, and sha256 over the sorted (path, content) pairs (each path
+    num_test_files, eval_fraction, test_fraction, and sha256 over the sorted (path, content) pairs (each path
     and content length-prefixed, so no two corpora hash alike by concatenation).
   """
   return dict(_fingerprint(subset))
@@ -162,7 +177,9 @@ def _fingerprint(subset: str) -> Dict[str, object]:
       "num_files": len(paths),
       "num_bytes": num_bytes,
       "num_eval_files": sum(is_eval_path(p) for p in paths),
+      "num_test_files": sum(split_of(p) == TEST_SPLIT for p in paths),
       "eval_fraction": EVAL_FRACTION,
+      "test_fraction": TEST_FRACTION,
       "sha256": sha.hexdigest(),
   }
 
@@ -179,12 +196,14 @@ class StdlibPy(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   data_dir=...)` still finds it, from the files.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   # TFDS 4.9.10 looks up this class's source file (to find URL checksums)
   # through the `importlib_resources` backport, which it does not install on
   # Python >= 3.9. There is nothing to download, hence no checksums file.
   code_path = None
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "A test split (the next 5% of the path-hash "
+                            "range); train shrinks by it."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="full", description="All .py files."),
       tfds.core.BuilderConfig(
@@ -210,11 +229,9 @@ class StdlibPy(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the corpus is on this machine.
     paths = list_files(subset=self.builder_config.name)
-    return {
-        TRAIN_SPLIT: self._generate_examples(
-            [p for p in paths if not is_eval_path(p)]),
-        EVAL_SPLIT: self._generate_examples([p for p in paths if is_eval_path(p)]),
-    }
+    return {split: self._generate_examples([p for p in paths
+                                            if split_of(p) == split])
+            for split in SPLITS}
 
   def _generate_examples(self, paths):
     for path in paths:
@@ -225,7 +242,7 @@ def prepare_stdlib_corpus(*, data_dir: Optional[str] = None,
                           subset: str = "full") -> tfds.core.DatasetBuilder:
   """Prepares the stdlib corpus as array_record under `data_dir` (idempotent).
 
-  The first call writes `data_dir/stdlib_py/<subset>/1.0.0` (under a second for
+  The first call writes `data_dir/stdlib_py/<subset>/1.1.0` (under a second for
   `full`); later calls reuse it after checking that it was made from the same
   corpus (same fingerprint) as this interpreter's.
 
@@ -236,7 +253,7 @@ def prepare_stdlib_corpus(*, data_dir: Optional[str] = None,
 
   Returns:
     The prepared builder; `builder.as_data_source()` gives random-access
-    'train' and 'validation' splits.
+    'train', 'validation' and 'test' splits.
 
   Raises:
     ValueError: for an unknown subset, or when `data_dir` holds a corpus

@@ -177,7 +177,9 @@ class TaskKind(NamedTuple):
   """How the runner builds one kind of task from `config.model`/`config.data`.
 
   Attributes:
-    sources: (data config, model config) -> (train source, eval source).
+    sources: (data config, model config) -> (train, eval, test) sources:
+      eval = data.eval_split (tuning), test = data.test_split (reported
+      numbers; None when the dataset has no split apart from eval).
     check: model config -> None, or (field under 'model.', problem) for a
       cross-field mistake found before any data is read.
     build: (model config, train source) -> Task.
@@ -185,7 +187,7 @@ class TaskKind(NamedTuple):
       bytes one replica's forward + backward keeps alive (memory estimate).
     example_units: model config -> tokens per example (1 for a classifier).
   """
-  sources: Callable[[Any, Any], Tuple[Any, Any]]
+  sources: Callable[[Any, Any], Tuple[Any, Any, Any]]
   check: Callable[[Any], Optional[Tuple[str, str]]]
   build: Callable[[Any, Any], Task]
   activation_bytes: Callable[[Any, int], float]
@@ -196,7 +198,9 @@ def _lm_sources(data, model):
   from fedjax_lab import data as data_lib  # pylint: disable=g-import-not-at-top
   return data_lib.lm_sources(dataset=data.dataset, data_dir=data.data_dir or None,
                              seq_len=model.seq_len, subset=data.subset,
-                             max_examples=data.max_examples or None)
+                             max_examples=data.max_examples or None,
+                             eval_split=data.get("eval_split") or None,
+                             test_split=data.get("test_split") or "")
 
 
 def _lm_check(model):
@@ -232,7 +236,9 @@ def _image_sources(data, model):
   from fedjax_lab import data as data_lib  # pylint: disable=g-import-not-at-top
   return data_lib.image_sources(dataset=data.dataset,
                                 data_dir=data.data_dir or None,
-                                max_examples=data.max_examples or None)
+                                max_examples=data.max_examples or None,
+                                eval_split=data.get("eval_split") or None,
+                                test_split=data.get("test_split") or "")
 
 
 def _image_build(model, train_source):

@@ -49,7 +49,8 @@ class Run(NamedTuple):
   workdir: str
   task: tasks_lib.Task
   train_src: Any
-  eval_src: Any
+  eval_src: Any  # The validation split (data.eval_split): tuning, curves.
+  test_src: Any  # The test split (data.test_split): reported numbers; or None.
   shards: List[Any]
   engine: Engine
   params: Any
@@ -81,18 +82,19 @@ class Population(NamedTuple):
 @functools.lru_cache(maxsize=4)
 def _sources(kind: str, key: str, data: ml_collections.FrozenConfigDict,
              model: ml_collections.FrozenConfigDict):
-  """(train, eval) sources, cached per process (comparison arms share them)."""
+  """(train, eval, test) sources, cached per process (comparison arms share them)."""
   del key
   return tasks_lib.kind(kind).sources(data, model)
 
 
 def _data_key(config) -> str:
   d, m = config.data, config.model
-  return repr((d.dataset, d.subset, d.data_dir, d.max_examples, m.seq_len))
+  return repr((d.dataset, d.subset, d.data_dir, d.max_examples, m.seq_len,
+               d.get("eval_split"), d.get("test_split")))
 
 
 def load_sources(config):
-  """The task kind's (train, eval) sources; data mistakes as ConfigError."""
+  """The task kind's (train, eval, test) sources; data mistakes as ConfigError."""
   frozen = lambda c: ml_collections.FrozenConfigDict(c.to_dict())
   try:
     return _sources(config.model.kind, _data_key(config), frozen(config.data),
@@ -314,7 +316,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   if jax.process_index() == 0:
     workdir_lib.probe_lock(workdir)
   check_memory(config)
-  train_src, eval_src = load_sources(config)
+  train_src, eval_src, test_src = load_sources(config)
   kind = tasks_lib.kind(config.model.kind)
   try:
     task = kind.build(config.model, train_src)
@@ -382,7 +384,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
         max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
   m, b = config.train.num_replicas, config.inner.batch_size
   return Run(config=config, workdir=workdir, task=task, train_src=train_src,
-             eval_src=eval_src, shards=list(shards), engine=engine,
+             eval_src=eval_src, test_src=test_src, shards=list(shards),
+             engine=engine,
              params=params, replica_ids=[int(r) for r in replica_ids],
              schedule_steps=schedule_steps, comm=engine.comm_bytes(params),
              tokens_per_round=m * inner_steps * b * kind.example_units(

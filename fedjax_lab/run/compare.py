@@ -38,6 +38,11 @@ def check_base_overrides(fields: Iterable[str],
           "file (get_sweep) or run one config with experiments/run.py")
 
 
+# Arm fields passed through to its result: the setting an arm is a seed of
+# ('group', for seed statistics) and a tuning arm's ('setting', 'point').
+_CARRIED = ("group", "setting", "point")
+
+
 def _reusable(path: str, rounds: int):
   if not os.path.exists(path):
     return None
@@ -59,7 +64,8 @@ def run_comparison(base_config: ml_collections.ConfigDict,
 
   Args:
     base_config: the shared config.
-    arms: dicts with 'name' (a directory name) and 'overrides' (dotted keys).
+    arms: dicts with 'name' (a directory name) and 'overrides' (dotted
+      keys); optional 'group', 'setting' and 'point' are copied to results.
     workdir: arms run in workdir/<name>; the table and plots go to workdir.
     reuse: an arm whose summary.json says it completed is not run again.
 
@@ -97,7 +103,8 @@ def run_comparison(base_config: ml_collections.ConfigDict,
         with open(summary_path) as f:
           summary = json.load(f)
     results.append({"name": arm["name"],
-                    "overrides": arm.get("overrides", {}), **summary})
+                    "overrides": arm.get("overrides", {}),
+                    **{k: arm[k] for k in _CARRIED if k in arm}, **summary})
     progress.say("comparison: %d/%d arms done, elapsed %s, ETA %s", i + 1,
                  len(arms), progress.fmt_time(clock.elapsed()),
                  progress.fmt_time(clock.elapsed() / (i + 1)

@@ -1,7 +1,18 @@
-"""Evaluation of the model a run would ship, on the held-out split."""
+"""Evaluation of the model a run would ship, on the held-out splits.
+
+Two held-out splits, two jobs: the validation split (`data.eval_split`) is
+what hyperparameters are chosen on; the test split (`data.test_split`) is
+what results are reported on, and nothing is chosen by it.
+
+Two protocols: evaluations during training (the curves) use a fixed,
+shuffled sample of `data.eval_batches` batches of each split, stratified by
+group (`data.stratified_sample`, the same examples for every arm); the final
+evaluation of a completed run covers `data.final_eval_batches` batches, 0 =
+the whole split (the last batch smaller, batch means weighted by size).
+"""
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -10,26 +21,57 @@ from fedjax_lab import data as data_lib
 from fedjax_lab.distributed import fetch_replicated
 
 
+
 class Evaluator:
-  """Mean task metrics of `engine.eval_params(state)` over fixed eval batches."""
+  """Mean task metrics of `engine.eval_params(state)` over fixed batches."""
 
   def __init__(self, run):
     config = run.config
     self._engine = run.engine
-    self._batches = list(data_lib.eval_batches(
-        run.eval_src, batch_size=config.data.eval_batch_size,
-        num_batches=config.data.eval_batches or None))
+    self._batch = config.data.eval_batch_size
+    self._sources = {"eval": run.eval_src}
+    if getattr(run, "test_src", None) is not None:
+      self._sources["test"] = run.test_src
+    self._plans = {
+        "periodic": self._plan(config.data.eval_batches),
+        "final": self._plan(config.data.get("final_eval_batches", 0))}
     loss_fn = run.task.loss_fn
     self._step = jax.jit(lambda p, batch: loss_fn(p, batch, None)[1])
 
-  def __call__(self, state) -> Dict[str, float]:
+  def _plan(self, num_batches: int):
+    return {split: data_lib.eval_plan(src, batch_size=self._batch,
+                                      num_batches=num_batches or None)
+            for split, src in self._sources.items()}
+
+  def describe(self) -> Dict[str, str]:
+    """What each protocol covers, for the summary."""
+    out = {}
+    for kind, plans in self._plans.items():
+      parts = []
+      for split, plan in plans.items():
+        n, total = sum(len(b) for b in plan), len(self._sources[split])
+        what = ("whole split" if n == total else
+                "fixed shuffled sample stratified by group")
+        parts.append(f"{split}: {n} of {total} examples ({what})")
+      out[kind] = "; ".join(parts)
+    return out
+
+  def __call__(self, state, *, final: bool = False
+               ) -> Dict[str, Dict[str, float]]:
+    """{'eval': metrics[, 'test': metrics]} of the state's model."""
     params = self._engine.eval_params(state)
-    sums = None
-    for batch in self._batches:
-      out = self._step(params, batch)
+    plans = self._plans["final" if final else "periodic"]
+    return {split: self._metrics(params, self._sources[split], plan)
+            for split, plan in plans.items()}
+
+  def _metrics(self, params, source, plan) -> Dict[str, float]:
+    sums: Optional[Dict[str, jnp.ndarray]] = None
+    for idx in plan:
+      out = self._step(params, data_lib.gather(source, idx))
+      out = jax.tree.map(lambda v, n=len(idx): v * n, out)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    means = {k: float(v) / len(self._batches)
-             for k, v in fetch_replicated(sums).items()}
+    total = sum(len(idx) for idx in plan)
+    means = {k: float(v) / total for k, v in fetch_replicated(sums).items()}
     if "perplexity" in means:  # Of the mean loss, not the mean of exps.
       means["perplexity"] = math.exp(min(means["loss"], 700.0))
       means["bits_per_byte"] = means["loss"] / math.log(2.0)

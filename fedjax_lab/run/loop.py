@@ -72,8 +72,19 @@ class Diverged(TrainingStopped):
 def _fresh_meta() -> Dict[str, Any]:
   return {"wall_s": 0.0, "best_eval_loss": None, "best_eval_round": None,
           "nonfinite_replicas": 0, "empty_rounds": 0, "empty_streak": 0,
-          "last_eval": None, "resumes": 0, "rows": [], "rows_after": 0,
-          "tokens": 0}
+          "last_eval": None, "last_test": None, "final": None, "resumes": 0,
+          "rows": [], "rows_after": 0, "tokens": 0}
+
+
+def drop_mask(seed: int, r: int, num_replicas: int, p: float) -> np.ndarray:
+  """bool [M]: whose outer gradient reaches the sync in round r.
+
+  Each replica's is dropped with probability p, independently: a pure
+  function of (seed, round), so every process draws the same mask and a
+  resumed run the same masks as an uninterrupted one.
+  """
+  rng = np.random.default_rng([seed, r, 0xD809])
+  return rng.random(num_replicas) >= p
 
 
 def _host_value(x) -> np.ndarray:
@@ -271,12 +282,16 @@ class _Loop:
   # -- Eval and checkpoints. -------------------------------------------------
 
   def do_eval(self, r: int) -> None:
-    ev = self.evaluate(self.state)
+    out = self.evaluate(self.state)
+    ev = out["eval"]
     self.write({"kind": "eval", **self.counters(r),
-                **{f"eval/{k}": v for k, v in ev.items()},
+                **{f"{split}/{k}": v for split, m in out.items()
+                   for k, v in m.items()},
                 "time_s": self.meta["wall_s"] + self.clock.elapsed()})
     self.writer.flush()
     self.meta["last_eval"] = jsonable({"round": r, **ev})
+    if "test" in out:
+      self.meta["last_test"] = jsonable({"round": r, **out["test"]})
     if not math.isfinite(ev["loss"]):
       raise Diverged(f"round {r}: eval loss is {ev['loss']}: the model "
                      f"diverged; {self._since()}. Lower the learning rates.")
@@ -284,7 +299,19 @@ class _Loop:
     if best is None or ev["loss"] < best:
       self.meta["best_eval_loss"], self.meta["best_eval_round"] = ev["loss"], r
     progress.say("round %d eval: %s", r, ", ".join(
-        f"{k} {v:.4f}" for k, v in sorted(ev.items())))
+        f"{split} {k} {v:.4f}" for split, m in out.items()
+        for k, v in sorted(m.items()) if k in ("loss", "accuracy")))
+
+  def do_final_eval(self, r: int) -> None:
+    """The completed run's model on the final protocol (whole splits)."""
+    if (self.meta.get("final") or {}).get("round") == r:
+      return  # A resumed, already completed run: evaluated before.
+    out = self.evaluate(self.state, final=True)
+    self.meta["final"] = jsonable({"round": r, **out,
+                                   "protocol": self.evaluate.describe()})
+    progress.say("final eval (%s): %s", self.evaluate.describe()["final"],
+                 ", ".join(f"{split} loss {m['loss']:.4f}"
+                           for split, m in out.items()))
 
   def save(self, r: int) -> None:
     meta = dict(self.meta, wall_s=self.meta["wall_s"] + self.clock.elapsed(),
@@ -309,6 +336,9 @@ class _Loop:
         gathered = self.store.gather(rnd.client_ids)
         self.state = self.state.replace(client_state=jax.tree.map(
             _put_like, gathered, self.state.client_state))
+    if self.tc.get("outer_drop_prob"):
+      kwargs["mask"] = drop_mask(self.tc.seed, r, self.tc.num_replicas,
+                                 self.tc.outer_drop_prob)
     if self.batch_hook is not None:
       batch = self.batch_hook(batch, r, self.run.replica_ids)
     t0 = time.time()
@@ -407,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       loop.round(r)
     if loop.start >= run.config.train.rounds and loop.meta["last_eval"] is None:
       loop.do_eval(loop.start)
+    loop.do_final_eval(max(loop.start, run.config.train.rounds))
     status = "completed"
   except TrainingStopped as e:
     status = e.status

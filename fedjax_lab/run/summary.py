@@ -54,8 +54,13 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
                  timing: Dict[str, Any]) -> Dict[str, Any]:
   """The summary dict of `run` (a `build.Run`) after `rounds_done` rounds."""
   config, comm = run.config, run.comm
-  final_eval = dict(meta.get("last_eval") or {})
+  final = meta.get("final") or {}
+  # A completed run: the final protocol (whole splits); otherwise the last
+  # periodic evaluation (a sample), as `eval_protocol` says.
+  final_eval = dict(final.get("eval") or meta.get("last_eval") or {})
+  final_test = dict(final.get("test") or meta.get("last_test") or {})
   final_eval.pop("round", None)
+  final_test.pop("round", None)
   corpus = dict(getattr(run.train_src, "info", {}) or {})
   engine = run.engine
   h = run.inner_steps or config.inner.steps
@@ -74,7 +79,13 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       "schedule_steps": run.schedule_steps,
       "tokens": tokens,
       "final_eval": final_eval,
-      "final_eval_round": (meta.get("last_eval") or {}).get("round"),
+      "final_test": final_test,
+      "final_eval_round": (final or meta.get("last_eval") or {}).get("round"),
+      "eval_protocol": {
+          "final": ((final.get("protocol") or {}).get("final") if final
+                    else "none: the run did not complete; final_eval/test "
+                    "are its last periodic evaluation"),
+          "periodic": (final.get("protocol") or {}).get("periodic")},
       "best_eval_loss": meta.get("best_eval_loss"),
       "best_eval_round": meta.get("best_eval_round"),
       "final_train_loss": last_train.get("train/loss"),
@@ -93,6 +104,11 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       "flops_per_example": run.task.flops_per_example,
       "data": {"train_examples": len(run.train_src),
                "eval_examples": len(run.eval_src),
+               "eval_split": run.eval_src.info.get("split"),
+               "test_examples": (None if run.test_src is None
+                                 else len(run.test_src)),
+               "test_split": (None if run.test_src is None
+                              else run.test_src.info.get("split")),
                "shard_sizes": [int(len(s)) for s in run.shards],
                "heterogeneity": _heterogeneity(run.train_src, run.shards)},
       "corpus": corpus.get("fingerprint", corpus),

@@ -29,7 +29,7 @@ RESUMABLE_CHANGES = (
     "train.log_every", "train.tensorboard", "train.nonfinite_policy",
     "train.max_empty_rounds", "data.prefetch", "data.data_dir",
     "data.eval_batches", "data.eval_batch_size", "mesh.num_devices",
-    "engine.replica_mode", "train.rounds",
+    "engine.replica_mode", "train.rounds", "data.final_eval_batches",
 )
 
 
@@ -41,7 +41,11 @@ _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "train.num_clients": 0, "train.clients_per_round": 0,
                  "train.sampling": "uniform", "train.local_epochs": 0,
                  "train.max_local_steps": 0, "train.target_eval_loss": 0.0,
-                 "model.remat": False}
+                 "model.remat": False, "train.outer_drop_prob": 0.0,
+                 "data.final_eval_batches": 0, "data.eval_split": "",
+                 # Made before the stdlib corpus had a test split (v1.0.0,
+                 # whose train split was larger): such a run cannot resume.
+                 "data.test_split": ""}
 _REMOVED_PREFIXES = ("train.fault.",)
 
 
