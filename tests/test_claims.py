@@ -57,9 +57,8 @@ def test_smoke_claims_all_judged(smoke_run):
 
 
 @pytest.mark.slow
-def test_an_arm_that_does_not_count_makes_its_claim_not_run(smoke_run,
-                                                            tmp_path,
-                                                            data_dir):  # noqa: F811
+def test_an_arm_that_does_not_count_makes_its_claim_not_run(
+    smoke_run, tmp_path, data_dir):  # noqa: F811
   proc, root, args, env = smoke_run
   assert proc.returncode == 0, proc.stderr[-3000:]
   work = tmp_path / "work"
@@ -212,3 +211,35 @@ def test_judge_h_quant_drop_fedprox():
   assert claims.judge_fedprox(p).verdict == claims.HOLDS
   p["fedprox μ=0.001"] = [2.04, 2.04]  # No shrink.
   assert claims.judge_fedprox(p).verdict == claims.NOISE
+
+
+def test_a_comparison_that_stops_judges_what_is_on_disk(monkeypatch, tmp_path):
+  monkeypatch.setattr(compare_config, "tuned", lambda key: {})
+  base = compare_config.get_config("smoke")
+  setup = claims.make_setup(base, compare_config.tuned_arm, "smoke")
+  only = ["nesterov_best_outer", "fedprox_to_fedavg"]
+  planted = {"diloco": 1.9, "fedavg": 2.2, "fedadam": 2.1}
+  for claim in claims.CLAIMS:
+    # pylint: disable-next=protected-access
+    plan = claims._arms_of(claim, setup, [0, 1])
+    for arms in plan.values():
+      for a in arms:
+        if claim.id not in only or "prox" in a["name"]:
+          continue  # FedProx's arms never ran.
+        d = tmp_path / a["name"]
+        d.mkdir(exist_ok=True)
+        loss = planted[a["name"].split("_")[1]]
+        (d / "summary.json").write_text(json.dumps({
+            "status": "completed", "rounds": a["overrides"]["train.rounds"],
+            "final_test": {"loss": loss}}))
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("killed")
+
+  monkeypatch.setattr(claims, "run_comparison", broken)
+  outcomes = claims.run_claims(base, compare_config.tuned_arm, str(tmp_path),
+                               size="smoke", seeds=2, only=only)
+  assert [o.claim.id for o in outcomes] == only
+  assert outcomes[0].judgement.verdict == claims.HOLDS
+  assert outcomes[1].judgement is None
+  assert "1x_fedavg_prox0.1_s0: no summary" in outcomes[1].why_not_run

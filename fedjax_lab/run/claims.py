@@ -16,9 +16,9 @@ Sources (see docs/algorithms.md for the rules in the project's words):
   FedProx, Li et al., arXiv 1812.06127.
 
 Verdict rules (`RULES`, also written into docs/claims.md). Every compared
-quantity is a relative test-loss difference in percent, d = 100·(L_a − L_b)/L_b
-(positive: a is worse), computed per seed on arms that share that seed, then
-summarised by `report.seed_stats`. Its noise is
+quantity is a relative test-loss difference in percent,
+d = 100·(L_a − L_b)/L_b (positive: a is worse), computed per seed on arms
+that share that seed, then summarised by `report.seed_stats`. Its noise is
 
   noise = max(TOL_PCT, std over seeds of d, the largest seed std of an
               involved arm's loss relative to its mean),
@@ -39,7 +39,8 @@ import copy
 import json
 import math
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import ml_collections
 
@@ -84,7 +85,9 @@ class Setup(NamedTuple):
   """What the arm builders need: budget configs, an arm factory, grids.
 
   Attributes:
-    configs: {'1x', '4x'}: the base config at each token budget.
+    base: the config every arm's overrides apply to (run_comparison's).
+    configs: {'1x', '4x'}: the base config at each token budget (arm()
+      reads the budget from it; each arm's overrides carry its rounds).
     arm: tuned_arm-shaped factory (config, key, *, seed, inner_steps, name,
       extra) -> {'name', 'overrides'}.
     h_grid: inner steps H of large_h_cheap (each divides the 1× budget).
@@ -93,6 +96,7 @@ class Setup(NamedTuple):
     compressors: the quantized_outer_free codecs (compress registry names).
     drop_prob: the outer-gradient drop probability of drop_half_costs_2pct.
   """
+  base: ml_collections.ConfigDict
   configs: Dict[str, ml_collections.ConfigDict]
   arm: ArmFn
   h_grid: Tuple[int, ...]
@@ -164,7 +168,7 @@ def _n(losses: Dict[str, List[float]]) -> int:
 
 
 def direction(q: Sequence[float], noise: float, want: str) -> str:
-  """HOLDS/FAILS/NOISE for a direction claim: want 'up' (mean q > 0) or 'down'."""
+  """HOLDS/FAILS/NOISE of a direction claim: want 'up' (q > 0) or 'down'."""
   m = _mean(q) * (1 if want == "up" else -1)
   return HOLDS if m > noise else FAILS if m < -noise else NOISE
 
@@ -205,8 +209,12 @@ def _arm(setup: Setup, budget: str, key: str, seed: int, *, tag: str = "",
          extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """The tuned arm `key` at `budget`, named so equal arms share a name."""
   name = f"{budget}_{key}{tag}"
+  # The lr schedule spans the arm's own rounds × H; claims read only the
+  # final evaluation, so no periodic ones.
   a = setup.arm(setup.configs[budget], key, seed=seed, inner_steps=inner_steps,
-                name=f"{name}_s{seed}", extra=extra)
+                name=f"{name}_s{seed}",
+                extra={"inner.schedule_steps": 0, "train.eval_every": 0,
+                       **(extra or {})})
   return dict(a, group=name)  # The report's seed statistics group by it.
 
 
@@ -240,7 +248,8 @@ def _budget_arms(setup, seed):
 
 
 def _outer_arms(setup, seed):
-  return {k: _arm(setup, "1x", k, seed) for k in ("diloco", "fedavg", "fedadam")}
+  return {k: _arm(setup, "1x", k, seed)
+          for k in ("diloco", "fedavg", "fedadam")}
 
 
 def _h_arms(setup, seed):
@@ -326,10 +335,11 @@ def judge_budget(losses):
   v = direction(shrink, noise, "up")
   return Judgement(
       v, f"1×: {_pm(g1)}, 4×: {_pm(g4)} (n={_n(losses)})",
-      f"The DiLoCo-vs-ddp gap (M = base M) goes from {_mean(g1):+.2f}% at 1× to "
+      f"The DiLoCo-vs-ddp gap (base M) goes from {_mean(g1):+.2f}% at 1× to "
       f"{_mean(g4):+.2f}% at 4×: it shrinks by {_mean(shrink):+.2f} points "
       f"(noise {noise:.2f}).",
-      {"1× gap (%)": g1, "4× gap (%)": g4, "1× gap − 4× gap (points)": shrink})
+      {"1× gap (%)": g1, "4× gap (%)": g4,
+       "1× gap − 4× gap (points)": shrink})
 
 
 def judge_outer(losses):
@@ -429,7 +439,8 @@ CLAIMS = (
     Claim("gap_shrinks_with_budget",
           "The DiLoCo-vs-data-parallel gap shrinks as the model and its "
           "token budget grow.",
-          "DiLoCo scaling laws, arXiv 2503.09799, Table 4 (the gap across model sizes)",
+          "DiLoCo scaling laws, arXiv 2503.09799, Table 4 (the gap across "
+          "model sizes)",
           "M=4: +2.0% at 35M, smaller at larger sizes", "1x+4x",
           _budget_arms, judge_budget),
     Claim("nesterov_best_outer",
@@ -466,8 +477,6 @@ CLAIM_IDS = tuple(c.id for c in CLAIMS)
 def _at_rounds(config, rounds: int) -> ml_collections.ConfigDict:
   config = config.copy_and_resolve_references()
   config.train.rounds = rounds
-  config.inner.schedule_steps = 0  # The lr schedule spans each arm's budget.
-  config.train.eval_every = 0  # Claims read only the final evaluation.
   return config
 
 
@@ -489,7 +498,8 @@ def make_setup(base_config: ml_collections.ConfigDict, arm_fn: ArmFn,
     candidates = (h // 2, h, 2 * h, 4 * h)
   h_grid = tuple(sorted({c for c in candidates if c >= 1 and steps % c == 0}))
   m_grid = tuple(sorted({1, max(1, m // 2), m}))
-  return Setup(configs={"1x": one, "4x": four}, arm=arm_fn, h_grid=h_grid,
+  return Setup(base=base_config, configs={"1x": one, "4x": four},
+               arm=arm_fn, h_grid=h_grid,
                m_grid=m_grid, mu_grid=mus)
 
 
@@ -503,9 +513,8 @@ def _arms_of(claim: Claim, setup: Setup, seeds: Sequence[int]):
 
 
 def _check(setup: Setup, arm: Dict[str, Any]) -> None:
-  """Raises ConfigError when the arm's config is invalid."""
-  budget = arm["name"].split("_", 1)[0]
-  cfg = apply_overrides(setup.configs[budget], arm["overrides"])
+  """Raises ConfigError when the arm's config (as it will run) is invalid."""
+  cfg = apply_overrides(setup.base, arm["overrides"])
   config_validation.validate(cfg, device_count=_device_count())
 
 
@@ -567,7 +576,8 @@ def run_claims(base_config: ml_collections.ConfigDict, arm_fn: ArmFn,
 
   Returns:
     One Outcome per claim, in CLAIMS order; a claim with an arm that did not
-    complete has judgement None.
+    complete has judgement None. A claim whose arms do not validate is not
+    run; when the comparison stops on an error, what is on disk is judged.
   """
   setup = make_setup(base_config, arm_fn, size)
   claims = [c for c in CLAIMS if only is None or c.id in only]
@@ -616,7 +626,8 @@ def _outcome(claim, plan, by_name, error, setup) -> Outcome:
       if reason:
         why.append(f"{a['name']}: {reason}")
       elif r.get("num_params") and r.get("tokens"):
-        tpp.setdefault(a["name"].split("_", 1)[0], r["tokens"] / r["num_params"])
+        budget = a["name"].split("_", 1)[0]
+        tpp.setdefault(budget, r["tokens"] / r["num_params"])
   names = {role: [a["name"] for a in arms] for role, arms in plan.items()}
   if error or why:
     return Outcome(claim, None, error or "; ".join(why), losses, names, tpp)
@@ -702,5 +713,6 @@ def render(outcomes: Sequence[Outcome], *, command: str, date: str,
                 "|---|" + "---|" * (n + 1)]
       for label, values in j.quantities.items():
         cells = " | ".join(_cell(v, "{:+.2f}") for v in values)
-        lines.append(f"| {label} | {cells} | {_stats_cell(values, '{:+.2f}')} |")
+        stats = _stats_cell(values, "{:+.2f}")
+        lines.append(f"| {label} | {cells} | {stats} |")
   return "\n".join(lines) + "\n"
