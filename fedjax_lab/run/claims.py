@@ -20,10 +20,13 @@ quantity is a relative test-loss difference in percent,
 d = 100·(L_a − L_b)/L_b (positive: a is worse), computed per seed on arms
 that share that seed, then summarised by `report.seed_stats`. Its noise is
 
-  noise = max(TOL_PCT, std over seeds of d, the largest seed std of an
-              involved arm's loss relative to its mean),
+  noise = max(TOL_PCT, the std over seeds of d),
 
-so one seed leaves only the tolerance. A difference is *resolved* when
+so one seed leaves only the tolerance. Pairing by seed takes out what the
+seed does to both arms alike (initial parameters, data order): two arms that
+differ only in their outer-gradient codec can agree to 0.01% on every seed
+while each arm's loss moves by several percent between seeds, and only the
+former says whether the codec costs anything. A difference is *resolved* when
 |mean d| > noise. Direction claims ("A beats B", "the gap grows") hold when
 resolved in the claimed direction, do not hold when resolved against it, and
 are inconclusive otherwise. No-loss claims ("A is no worse than B") do not
@@ -67,8 +70,7 @@ MAX_NOISE_PCT = 2.0
 RULES = (
     "Every compared quantity is a relative test-loss difference in percent, "
     "d = 100·(L_a − L_b)/L_b (positive: a is worse), paired per seed. "
-    f"noise = max({TOL_PCT}%, the std of d over seeds, the largest seed std "
-    "of an involved arm's loss relative to its mean); a difference is "
+    f"noise = max({TOL_PCT}%, the std of d over seeds); a difference is "
     "resolved when |mean d| > noise. Direction claims (A beats B, a gap "
     "grows or shrinks) hold when resolved in the claimed direction, do not "
     "hold when resolved against it, else are inconclusive. No-loss claims "
@@ -143,15 +145,9 @@ def rel_pct(a: Sequence[float], b: Sequence[float]) -> List[float]:
   return [100.0 * (x - y) / y for x, y in zip(a, b)]
 
 
-def _rel_std(losses: Sequence[float]) -> float:
-  s = report.seed_stats(losses)
-  return 100.0 * s["std"] / s["mean"] if s["mean"] else 0.0
-
-
-def noise_pct(q: Sequence[float], *arms: Sequence[float]) -> float:
-  """The noise of quantity q (%, per seed) over arms' losses (module doc)."""
-  return max([TOL_PCT, report.seed_stats(q)["std"]]
-             + [_rel_std(a) for a in arms])
+def noise_pct(q: Sequence[float]) -> float:
+  """The noise of a paired quantity q (%, one value per seed): module doc."""
+  return max(TOL_PCT, report.seed_stats(q)["std"])
 
 
 def _pm(q: Sequence[float]) -> str:
@@ -292,7 +288,7 @@ def _fedprox_arms(setup, seed):
 
 def judge_m1(losses):
   q = rel_pct(losses["diloco M=1"], losses["ddp"])
-  noise = noise_pct(q, losses["diloco M=1"], losses["ddp"])
+  noise = noise_pct(q)
   v = no_loss(q, noise)
   return Judgement(v, f"{_pm(q)} (n={_n(losses)})",
                    f"DiLoCo M=1 vs ddp: {_mean(q):+.2f}% (noise {noise:.2f}%); "
@@ -313,7 +309,7 @@ def judge_m_grid(losses):
   roles = list(gaps)
   lo, hi = roles[0], roles[-1]
   growth = [b - a for a, b in zip(gaps[lo], gaps[hi])]
-  noise = noise_pct(growth, *losses.values())
+  noise = noise_pct(growth)
   v = direction(growth, noise, "up")
   means = [_mean(gaps[r]) for r in roles]
   monotone = all(b >= a for a, b in zip(means, means[1:]))
@@ -331,7 +327,7 @@ def judge_budget(losses):
   g1 = rel_pct(losses["1x diloco"], losses["1x ddp"])
   g4 = rel_pct(losses["4x diloco"], losses["4x ddp"])
   shrink = [a - b for a, b in zip(g1, g4)]
-  noise = noise_pct(shrink, *losses.values())
+  noise = noise_pct(shrink)
   v = direction(shrink, noise, "up")
   return Judgement(
       v, f"1×: {_pm(g1)}, 4×: {_pm(g4)} (n={_n(losses)})",
@@ -345,8 +341,8 @@ def judge_budget(losses):
 def judge_outer(losses):
   d_avg = rel_pct(losses["diloco"], losses["fedavg"])
   d_adam = rel_pct(losses["diloco"], losses["fedadam"])
-  n_avg = noise_pct(d_avg, losses["diloco"], losses["fedavg"])
-  n_adam = noise_pct(d_adam, losses["diloco"], losses["fedadam"])
+  n_avg = noise_pct(d_avg)
+  n_adam = noise_pct(d_adam)
   vs = [direction(d_avg, n_avg, "down"), direction(d_adam, n_adam, "down")]
   v = _all(vs)
   return Judgement(
@@ -365,7 +361,7 @@ def judge_h(losses, budget_steps: Optional[int] = None):
   roles = sorted(losses, key=_h_of)
   lo, hi = roles[0], roles[-1]
   q = rel_pct(losses[hi], losses[lo])
-  noise = noise_pct(q, losses[hi], losses[lo])
+  noise = noise_pct(q)
   v = about(q, 2.9, noise)
   curve = {f"{r} vs {lo} (%)": rel_pct(losses[r], losses[lo])
            for r in roles[1:]}
@@ -382,7 +378,7 @@ def judge_h(losses, budget_steps: Optional[int] = None):
 
 def judge_quant(losses):
   qs = {c: rel_pct(v, losses["none"]) for c, v in losses.items() if c != "none"}
-  noises = {c: noise_pct(q, losses[c], losses["none"]) for c, q in qs.items()}
+  noises = {c: noise_pct(q) for c, q in qs.items()}
   vs = {c: no_loss(q, noises[c]) for c, q in qs.items()}
   v = _all(vs.values())
   return Judgement(
@@ -396,7 +392,7 @@ def judge_quant(losses):
 def judge_drop(losses):
   dropped = [r for r in losses if r != "drop 0"][0]
   q = rel_pct(losses[dropped], losses["drop 0"])
-  noise = noise_pct(q, losses[dropped], losses["drop 0"])
+  noise = noise_pct(q)
   v = about(q, 2.1, noise)
   return Judgement(
       v, f"{_pm(q)} (n={_n(losses)})",
@@ -410,11 +406,12 @@ def judge_fedprox(losses):
   gaps = {r: [abs(x) for x in rel_pct(losses[r], losses["fedavg"])]
           for r in roles}
   shrink = [a - b for a, b in zip(gaps[roles[0]], gaps[roles[-1]])]
-  noise = noise_pct(shrink, *losses.values())
+  noise = noise_pct(shrink)
   v = direction(shrink, noise, "up")
   all_close = all(_mean(g) <= noise for g in gaps.values())
   return Judgement(
-      v, ", ".join(f"{r[8:]}: {_mean(g):.2f}%" for r, g in gaps.items())
+      v, "abs gap " + ", ".join(f"{r[8:]}: {_pm(g).lstrip('+')}"
+                                for r, g in gaps.items())
       + f" (n={_n(losses)})",
       f"The absolute gap to FedAvg shrinks by {_mean(shrink):+.2f} points from "
       f"{roles[0][8:]} to {roles[-1][8:]} (noise {noise:.2f})"
