@@ -416,7 +416,8 @@ def judge_fedprox(losses):
       f"The absolute gap to FedAvg shrinks by {_mean(shrink):+.2f} points from "
       f"{roles[0][8:]} to {roles[-1][8:]} (noise {noise:.2f})"
       + ("; every μ is within noise of FedAvg, so the trend is not resolved"
-         if all_close and v == NOISE else "") + ".",
+         if all_close and v == NOISE else "") + ". FedProx runs on tuned "
+      "FedAvg's arm (its inner lr), so μ = 0 would be that arm exactly.",
       {f"{r[8:]} vs fedavg, absolute (%)": g for r, g in gaps.items()}
       | {"shrink (points)": shrink})
 
@@ -680,6 +681,11 @@ def render(outcomes: Sequence[Outcome], *, command: str, date: str,
       f"- Budgets: {budget_line} (1× is a quarter of 4×'s rounds).",
       "- Metric: test-split loss (nats/byte, whole split) at the end of "
       "training; validation is only used to tune the arms.",
+      "- Arms: configs/compare.py's tuned arms (inner lr and outer "
+      "hyperparameters chosen on the validation split by its tuning sweep, "
+      "configs/tuned.json); a claim's variants (H, M, codec, drop, μ) change "
+      "only that field of the tuned arm. Runs in the workdir, one per arm "
+      "and seed, named <budget>_<arm>_s<seed>.",
       f"- Verdict rules: {RULES}",
       "",
       "| claim | source | published | ours (mean ± std) | verdict |",
