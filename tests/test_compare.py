@@ -19,10 +19,14 @@ def test_compare_tiny_sweep_writes_table_and_plots(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   md = (workdir / "results.md").read_text()
   assert "| arm |" in md and "ddp" in md and "diloco" in md
+  # Two seeds of ddp and diloco: the seed table, on the test split.
+  assert "Over seeds (test split)" in md and "| ddp | ddp |" in md
+  assert "tokens per parameter" in md and "whole split" not in md  # Smoke: samples.
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert {r["algorithm"] for r in rows} == {"ddp", "diloco", "fedavg"}
-  by_alg = {r["algorithm"]: r for r in rows}
+  assert sorted(r["seed"] for r in rows if r["algorithm"] == "ddp") == ["0", "1"]
+  by_alg = {r["algorithm"]: r for r in rows if r["seed"] == "0"}
   assert float(by_alg["ddp"]["bytes_vs_ddp"]) == 1.0
   # H = 4 for diloco: 4× less than ddp's fp32 gradient every step; fedavg H = 8.
   assert float(by_alg["diloco"]["bytes_vs_ddp"]) == pytest.approx(0.25)
@@ -30,8 +34,9 @@ def test_compare_tiny_sweep_writes_table_and_plots(tmp_path):
   # Equal token budgets.
   assert len({r["tokens"] for r in rows}) == 1
   for r in rows:
-    assert math.isfinite(float(r["final_eval_loss"]))
-    assert float(r["final_eval_loss"]) < math.log(256)
+    for split in ("final_eval_loss", "final_test_loss"):
+      assert math.isfinite(float(r[split]))
+      assert float(r[split]) < math.log(256)
   # Simulated wall-clock: same compute, so fewer bytes is never slower.
   sim = {a: float(r["simulated_wall_s"]) for a, r in by_alg.items()}
   assert all(math.isfinite(s) and s > 0 for s in sim.values())

@@ -73,35 +73,51 @@ def test_docstring_has_run_command_and_every_field_a_comment(path):
 def test_sweeps_keep_the_token_budget_and_validate(sweep):
   for size in ("cpu", "smoke"):
     base = compare_config.get_config(size)
-    budget = base.train.rounds * base.inner.steps
+    tokens = lambda c: (c.train.rounds * c.inner.steps * c.train.num_replicas
+                        * c.inner.batch_size)
+    budget = tokens(base)
+    if sweep.endswith("tune"):  # Tuning runs a fraction of the budget.
+      budget //= compare_config.TUNE_FRACTION
     arms = compare_config.get_sweep(base, sweep)
     assert len({a["name"] for a in arms}) == len(arms)
     for arm in arms:
       config = train.apply_overrides(base, arm["overrides"])
       config_validation.validate(config, device_count=1)
-      assert config.train.rounds * config.inner.steps == budget
-      # Same data, model and inner optimizer in every arm (the arms that need
-      # plain-SGD inner steps, SCAFFOLD and its FedAvg control, override the
-      # inner optimizer with exactly compare_config.SGD_INNER).
+      assert tokens(config) == budget, arm["name"]
+      # Same data and model in every arm; the inner optimizer differs only in
+      # the tuned lr, in B where M differs (M·B is kept), and for the arms
+      # that need plain-SGD inner steps (SCAFFOLD and its FedAvg control),
+      # by exactly compare_config.SGD_INNER.
       model = lambda c: {k: v for k, v in c.model.items() if k != "init_seed"}
       assert model(config) == model(base) and config.data == base.data
-      sgd = {k.split(".")[1] for k in compare_config.SGD_INNER}
-      inner_set = {k for k in arm["overrides"] if k.startswith("inner.")}
       expected = dict(base.inner)
-      if inner_set - {"inner.steps"}:
-        assert inner_set - {"inner.steps"} == set(compare_config.SGD_INNER)
+      if set(arm["overrides"]) & (set(compare_config.SGD_INNER) - {
+          "inner.learning_rate"}):
         expected.update({k.split(".")[1]: v
                          for k, v in compare_config.SGD_INNER.items()})
-      assert {k: v for k, v in config.inner.items() if k != "steps"} == {
-          k: v for k, v in expected.items() if k != "steps"}
-      assert sgd <= set(config.inner)
+      free = {"steps", "batch_size", "learning_rate"}
+      assert {k: v for k, v in config.inner.items() if k not in free} == {
+          k: v for k, v in expected.items() if k not in free}
 
 
-def test_default_sweep_has_every_family_and_ddp():
-  arms = compare_config.get_sweep(compare_config.get_config(), "default")
-  algorithms = {a["overrides"]["outer.name"] for a in arms}
-  assert {"ddp", "diloco", "fedavg", "fedavgm", "fedadam", "fedyogi",
-          "fedadagrad", "easgd", "fedprox", "papa"} <= algorithms
+def test_default_sweep_is_the_tuned_main_arms_over_seeds():
+  base = compare_config.get_config()
+  arms = compare_config.get_sweep(base, "default")
+  assert {a["group"] for a in arms} == set(compare_config.DEFAULT_ARMS)
+  assert len(arms) == len(compare_config.DEFAULT_ARMS) * len(
+      compare_config.DEFAULT_SEEDS)
+  full = compare_config.get_sweep(base, "main_full")
+  algorithms = {a["overrides"]["outer.name"] for a in full}
+  assert {"ddp", "diloco", "fedavg", "fedadam", "easgd", "fedprox", "papa",
+          "demo"} <= algorithms
+  for a in full:  # Each arm runs its tuned point.
+    config = train.apply_overrides(base, a["overrides"])
+    point = compare_config.tuned(a["group"])
+    for field, value in point.items():
+      node = config
+      for part in field.split("."):
+        node = node[part]
+      assert node == value, (a["name"], field)
 
 
 # ---------------------------------------------------------------------------

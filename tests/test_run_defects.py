@@ -120,8 +120,8 @@ def test_nonfinite_eval_is_diverged_under_drop(tmp_path, data_dir,
     def __init__(self, run):
       del run
 
-    def __call__(self, state):
-      return {"loss": float("nan"), "accuracy": 0.0}
+    def __call__(self, state, final=False):
+      return {"eval": {"loss": float("nan"), "accuracy": 0.0}}
 
   monkeypatch.setattr(loop, "Evaluator", NaNEvaluator)
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 2,

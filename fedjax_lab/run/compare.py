@@ -43,13 +43,19 @@ def check_base_overrides(fields: Iterable[str],
 _CARRIED = ("group", "setting", "point")
 
 
-def _reusable(path: str, rounds: int):
+def _reusable(path: str, config: ml_collections.ConfigDict):
+  """The arm's old summary when it completed with this very config."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
     old = json.load(f)
-  if old.get("status") == "completed" and old.get("rounds") == rounds:
+  same = old.get("config") == json.loads(json.dumps(config.to_dict()))
+  if (old.get("status") == "completed" and same
+      and old.get("rounds") == config.train.rounds):
     return old
+  if old.get("status") == "completed" and not same:
+    progress.warn("arm at %s completed with another config: running it "
+                  "again", os.path.dirname(path))
   return None
 
 
@@ -67,7 +73,9 @@ def run_comparison(base_config: ml_collections.ConfigDict,
     arms: dicts with 'name' (a directory name) and 'overrides' (dotted
       keys); optional 'group', 'setting' and 'point' are copied to results.
     workdir: arms run in workdir/<name>; the table and plots go to workdir.
-    reuse: an arm whose summary.json says it completed is not run again.
+    reuse: an arm whose summary.json says it completed, with the same
+      config, is not run again (with another config it is rerun: a tuned
+      point or a code default changed).
 
   Returns:
     One result dict per arm (its summary plus 'name' and 'overrides').
@@ -90,7 +98,7 @@ def run_comparison(base_config: ml_collections.ConfigDict,
   for i, (arm, cfg) in enumerate(zip(arms, configs)):
     arm_dir = os.path.join(workdir, arm["name"])
     summary_path = os.path.join(arm_dir, SUMMARY_FILE)
-    summary = _reusable(summary_path, cfg.train.rounds) if reuse else None
+    summary = _reusable(summary_path, cfg) if reuse else None
     if summary is not None:
       progress.say("arm %s: reusing %s", arm["name"], summary_path)
     else:

@@ -52,7 +52,8 @@ class Evaluator:
         n, total = sum(len(b) for b in plan), len(self._sources[split])
         what = ("whole split" if n == total else
                 "fixed shuffled sample stratified by group")
-        parts.append(f"{split}: {n} of {total} examples ({what})")
+        label = "validation" if split == "eval" else split
+        parts.append(f"{label}: {n} of {total} examples ({what})")
       out[kind] = "; ".join(parts)
     return out
 

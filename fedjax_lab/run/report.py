@@ -3,14 +3,18 @@
 Reads each arm's summary (passed in) and its `metrics.jsonl` eval rows, and
 writes into the comparison's directory:
 
-* results.md / results.csv: final and best eval loss, perplexity, bytes each
-  replica sent (payload and ring all-reduce), the ratio to the ddp arm's
-  bytes, tokens and wall time; when an arm's config sets
-  `train.target_eval_loss`, the rounds to target (the first eval round whose
-  loss is <= it; '—' when never reached); with several seeds per setting,
-  also their mean ± std;
+* results.md / results.csv: per run, the final test loss (the reported
+  number: test split, whole split), the final validation loss (what tuning
+  chose by), perplexity, bytes each replica sent (payload and ring
+  all-reduce), the ratio to the ddp arm's bytes, tokens and wall time; when
+  an arm's config sets `train.target_eval_loss`, the rounds to target (the
+  first eval round whose validation loss is <= it; '—' when never reached);
+  with several seeds per setting (an arm's 'group'), a first table of test
+  loss mean ± std and min–max over seeds with the setting's hyperparameters;
 * eval_loss_vs_steps.png, eval_loss_vs_bytes.png and
-  eval_loss_vs_simulated_wall.png (matplotlib Agg).
+  eval_loss_vs_simulated_wall.png (matplotlib Agg): the test loss during
+  training (a fixed stratified sample; validation when a run has no test
+  split), one line per setting: the seed mean, with a min–max band.
 
 The simulated wall-clock (fedjax_lab.comm.netsim) is what each arm would take
 with its replicas on separate islands joined by a `bandwidth_gbps` link: the
@@ -125,19 +129,28 @@ def rows_of(results: Sequence[Dict[str, Any]],
   rows = []
   for r in results:
     ev = r.get("final_eval", {}) or {}
-    hp = r.get("config", {}).get("outer", {}).get("hparams", {}) or {}
+    te = r.get("final_test", {}) or {}
+    cfg = r.get("config", {})
+    hp = cfg.get("outer", {}).get("hparams", {}) or {}
+    params, tokens = r.get("num_params"), r.get("tokens")
     rows.append({
         "arm": r["name"],
+        "group": r.get("group") or r["name"],
         "algorithm": r.get("algorithm"),
+        "num_replicas": r.get("num_replicas"),
         "inner_steps": r.get("inner_steps"),
+        "inner_lr": cfg.get("inner", {}).get("learning_rate"),
         # Only what the arm set (unset registry hparams are None: defaults).
         "outer_hparams": ";".join(f"{k}={v}" for k, v in sorted(hp.items())
                                   if v is not None),
         "outer_lr": _outer_lr(r),
-        "seed": r.get("config", {}).get("train", {}).get("seed"),
+        "seed": cfg.get("train", {}).get("seed"),
         "status": r.get("status"),
         "rounds": r.get("rounds"),
-        "tokens": r.get("tokens"),
+        "tokens": tokens,
+        "tokens_per_param": tokens / params if tokens and params else None,
+        "final_test_loss": te.get("loss"),
+        "final_test_perplexity": te.get("perplexity"),
         "final_eval_loss": ev.get("loss"),
         "final_eval_perplexity": ev.get("perplexity"),
         "final_eval_accuracy": ev.get("accuracy"),
@@ -161,16 +174,23 @@ def rows_of(results: Sequence[Dict[str, Any]],
   return rows
 
 
+def _reported(r: Dict[str, Any]) -> Optional[float]:
+  """The number a row is ranked by: test loss, else validation loss."""
+  loss = r.get("final_test_loss")
+  return r.get("final_eval_loss") if loss is None else loss
+
+
 def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   """The per-arm table, best final eval loss first."""
-  head = ("| arm | algorithm | H | outer hparams | seed | final eval loss | "
-          "perplexity | best eval loss | sent / replica | ring / replica | "
+  head = ("| arm | algorithm | M | H | inner lr | outer hparams | seed | "
+          "test loss | validation loss | test perplexity | sent / replica | "
+          "ring / replica | "
           f"bytes vs ddp | wall | simulated wall @ {SIM_BANDWIDTH_GBPS:g} Gbit/s |")
   target = any("rounds_to_target" in r for r in rows)
   if target:
     head += " rounds to target |"
-  lines = [head, "|" + "---|" * (14 if target else 13)]
-  key = lambda r: (r["final_eval_loss"] is None, r["final_eval_loss"] or 0.0)
+  lines = [head, "|" + "---|" * (16 if target else 15)]
+  key = lambda r: (_reported(r) is None, _reported(r) or 0.0)
   for r in sorted(rows, key=key):
     ratio = r["bytes_vs_ddp"]
     ratio_txt = ("—" if ratio is None else "1" if abs(ratio - 1) < 1e-12
@@ -178,10 +198,12 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
                  else f"{ratio:.3g}")
     status = "" if r["status"] == "completed" else f" ({r['status']})"
     lines.append(
-        f"| {r['arm']}{status} | {r['algorithm']} | {r['inner_steps']} | "
+        f"| {r['arm']}{status} | {r['algorithm']} | {r['num_replicas']} | "
+        f"{r['inner_steps']} | {_num(r['inner_lr'], '{:g}')} | "
         f"{r['outer_hparams'] or '—'} | {r['seed']} | "
-        f"{_num(r['final_eval_loss'])} | {_num(r['final_eval_perplexity'], '{:.2f}')} | "
-        f"{_num(r['best_eval_loss'])} | {_fmt_bytes(r['payload_bytes'] or 0)} | "
+        f"{_num(r['final_test_loss'])} | {_num(r['final_eval_loss'])} | "
+        f"{_num(r['final_test_perplexity'], '{:.2f}')} | "
+        f"{_fmt_bytes(r['payload_bytes'] or 0)} | "
         f"{_fmt_bytes(r['ring_bytes'] or 0)} | {ratio_txt} | "
         f"{_num(r['wall_s'], '{:.0f} s')} | "
         f"{_num(r['simulated_wall_s'], '{:.3g} s')} |"
@@ -196,23 +218,67 @@ def _target_text(r: Dict[str, Any]) -> str:
   return f"{got} (≤ {r['target_eval_loss']:g})" if got else f"— (≤ {r['target_eval_loss']:g})"
 
 
-def seed_table(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
-  """Mean ± std over seeds per (algorithm, H, hparams), when there are repeats."""
-  groups: Dict[tuple, List[Dict[str, Any]]] = {}
+def seed_stats(values: Sequence[float]) -> Dict[str, Any]:
+  """n, mean, std (ddof 1; 0 for one value), min and max of `values`
+  (None and non-finite values are left out; all None for none left)."""
+  x = np.array([v for v in values if v is not None and math.isfinite(v)],
+               np.float64)
+  if not len(x):
+    return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+  return {"n": int(len(x)), "mean": float(x.mean()),
+          "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+          "min": float(x.min()), "max": float(x.max())}
+
+
+def group_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """One row per setting ('group'): its hyperparameters and seed statistics
+  of the test and validation losses, best test mean first."""
+  groups: Dict[str, List[Dict[str, Any]]] = {}
   for r in rows:
-    groups.setdefault((r["algorithm"], r["inner_steps"], r["outer_hparams"]),
-                      []).append(r)
-  if all(len(g) < 2 for g in groups.values()):
+    groups.setdefault(r["group"], []).append(r)
+  out = []
+  for name, g in groups.items():
+    first = g[0]
+    out.append({
+        "group": name, "algorithm": first["algorithm"],
+        "num_replicas": first["num_replicas"],
+        "inner_steps": first["inner_steps"], "inner_lr": first["inner_lr"],
+        "outer_hparams": first["outer_hparams"],
+        "seeds": [r["seed"] for r in g],
+        "failed": [r["seed"] for r in g if r["status"] != "completed"],
+        "test": seed_stats([r["final_test_loss"] for r in g
+                            if r["status"] == "completed"]),
+        "validation": seed_stats([r["final_eval_loss"] for r in g
+                                  if r["status"] == "completed"]),
+        "payload_bytes": first["payload_bytes"],
+        "bytes_vs_ddp": first["bytes_vs_ddp"],
+        "tokens_per_param": first["tokens_per_param"],
+    })
+  return sorted(out, key=lambda r: (r["test"]["mean"] is None,
+                                    r["test"]["mean"] or 0.0))
+
+
+def seed_table(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
+  """Test loss mean ± std and min–max over seeds per setting, when a setting
+  has repeats (None otherwise)."""
+  groups = group_rows(rows)
+  if all(len(g["seeds"]) < 2 for g in groups):
     return None
-  lines = ["| algorithm | H | outer hparams | seeds | final eval loss "
-           "(mean ± std) |", "|---|---|---|---|---|"]
-  for (alg, h, hp), g in sorted(groups.items(), key=lambda kv: np.mean(
-      [x["final_eval_loss"] or np.inf for x in kv[1]])):
-    losses = np.array([x["final_eval_loss"] for x in g
-                       if x["final_eval_loss"] is not None], np.float64)
-    txt = (f"{losses.mean():.4f} ± {losses.std(ddof=1) if len(losses) > 1 else 0:.4f}"
-           if len(losses) else "—")
-    lines.append(f"| {alg} | {h} | {hp or '—'} | {len(g)} | {txt} |")
+  lines = ["| setting | algorithm | M | H | inner lr | outer hparams | seeds | "
+           "test loss mean ± std | test min–max | validation mean | "
+           "sent / replica | bytes vs ddp |", "|" + "---|" * 12]
+  for g in groups:
+    t, v = g["test"], g["validation"]
+    txt = "—" if t["mean"] is None else f"{t['mean']:.4f} ± {t['std']:.4f}"
+    span = "—" if t["mean"] is None else f"{t['min']:.4f}–{t['max']:.4f}"
+    failed = f" ({len(g['failed'])} failed)" if g["failed"] else ""
+    ratio = g["bytes_vs_ddp"]
+    lines.append(
+        f"| {g['group']} | {g['algorithm']} | {g['num_replicas']} | "
+        f"{g['inner_steps']} | {_num(g['inner_lr'], '{:g}')} | "
+        f"{g['outer_hparams'] or '—'} | {len(g['seeds'])}{failed} | {txt} | "
+        f"{span} | {_num(v['mean'])} | {_fmt_bytes(g['payload_bytes'] or 0)} | "
+        f"{'—' if ratio is None else f'{ratio:.3g}'} |")
   return "\n".join(lines) + "\n"
 
 
@@ -228,16 +294,54 @@ def _curves(results, workdir):
   return out
 
 
+def seed_curves(results, workdir: str, key: str = "test/loss"
+                ) -> Dict[str, Dict[str, np.ndarray]]:
+  """Per setting ('group'): x values and the loss's seed mean, min and max.
+
+  The seeds of a setting evaluate at the same rounds; rounds some seed lacks
+  (a stopped run) are left out. `key` falls back to 'eval/loss' for runs
+  without a test split.
+  """
+  group_of = {r["name"]: r.get("group") or r["name"] for r in results}
+  by_group: Dict[str, List[List[Dict[str, Any]]]] = {}
+  for name, ev in _curves(results, workdir):
+    by_group.setdefault(group_of[name], []).append(ev)
+  out = {}
+  for group, runs in by_group.items():
+    loss_key = key if all(key in row for ev in runs for row in ev) else "eval/loss"
+    common = set.intersection(*[{row["round"] for row in ev} for ev in runs])
+    rounds = sorted(common)
+    if not rounds:
+      continue
+    ys = np.array([[np.nan if row.get(loss_key) is None else row[loss_key]
+                    for row in sorted(ev, key=lambda row: row["round"])
+                    if row["round"] in common] for ev in runs], np.float64)
+    first = {row["round"]: row for row in runs[0]}
+    out[group] = {
+        "round": np.array(rounds),
+        "step": np.array([first[r]["step"] for r in rounds], np.float64),
+        "payload_bytes": np.array([first[r]["payload_bytes"] for r in rounds],
+                                  np.float64),
+        "mean": np.nanmean(ys, 0), "min": np.nanmin(ys, 0),
+        "max": np.nanmax(ys, 0), "seeds": len(runs), "key": loss_key}
+  return out
+
+
 def plot_curves(results, workdir: str) -> List[str]:
-  """Eval loss vs inner steps and vs bytes sent per replica (PNG files)."""
+  """Test loss vs inner steps, bytes sent per replica and simulated wall
+  clock (PNG files): per setting, the seed mean with a min–max band."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  curves = _curves(results, workdir)
+  curves = seed_curves(results, workdir)
   sim = simulated_seconds_per_step(results)
-  for name, ev in curves:
-    for row in ev:
-      row["simulated_wall_s"] = row["step"] * sim.get(name, np.nan)
+  group_sim = {}
+  for r in results:
+    group_sim.setdefault(r.get("group") or r["name"], sim.get(r["name"], np.nan))
+  for group, c in curves.items():
+    c["simulated_wall_s"] = c["step"] * group_sim.get(group, np.nan)
+  split = ("test" if curves and all(c["key"] == "test/loss"
+                                    for c in curves.values()) else "held-out")
   written = []
   for xkey, xlabel, fname, logx in (
       ("step", "inner steps per replica", PLOT_STEPS, False),
@@ -245,18 +349,20 @@ def plot_curves(results, workdir: str) -> List[str]:
       ("simulated_wall_s", f"simulated wall-clock (s), islands joined by "
        f"{SIM_BANDWIDTH_GBPS:g} Gbit/s", PLOT_SIM, True)):
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for i, (name, ev) in enumerate(curves):
-      xs = [row[xkey] for row in ev]
-      ys = [row.get("eval/loss") for row in ev]
-      ys = [np.nan if y is None else y for y in ys]
-      ddp = name.startswith("ddp")
-      ax.plot(xs, ys, "-", marker="o", markersize=3, lw=2.5 if ddp else 1.5,
-              color="black" if ddp else plt.cm.tab20(i % 20), label=name)
+    for i, (group, c) in enumerate(curves.items()):
+      ddp = group.startswith("ddp")
+      color = "black" if ddp else plt.cm.tab20(i % 20)
+      label = group + (f" ({c['seeds']} seeds)" if c["seeds"] > 1 else "")
+      ax.plot(c[xkey], c["mean"], "-", marker="o", markersize=3,
+              lw=2.5 if ddp else 1.5, color=color, label=label)
+      if c["seeds"] > 1:
+        ax.fill_between(c[xkey], c["min"], c["max"], color=color, alpha=0.2,
+                        lw=0)
     if logx:
       ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("eval loss (nats/byte)")
-    ax.set_title("held-out loss, equal token budget")
+    ax.set_ylabel(f"{split} loss (nats/byte)")
+    ax.set_title(f"{split} loss, equal token budget: seed mean, min–max band")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -267,13 +373,32 @@ def plot_curves(results, workdir: str) -> List[str]:
   return written
 
 
+def _header(results, rows) -> str:
+  """The budget and the evaluation protocol, from the runs themselves."""
+  tpp = [r["tokens_per_param"] for r in rows if r["tokens_per_param"]]
+  tokens = [r["tokens"] for r in rows if r["tokens"]]
+  protocol = next((r.get("eval_protocol") for r in results
+                   if r.get("eval_protocol")), {}) or {}
+  lines = []
+  if tokens:
+    lines.append(f"Budget: {max(tokens):,} training tokens per run"
+                 + (f", {max(tpp):.3g} tokens per parameter" if tpp else "")
+                 + ".")
+  if protocol.get("final"):
+    lines.append(f"Final numbers: {protocol['final']}.")
+  if protocol.get("periodic"):
+    lines.append(f"Curves: {protocol['periodic']}.")
+  return "\n".join(lines) + ("\n\n" if lines else "")
+
+
 def write_report(results, workdir: str) -> Dict[str, str]:
   """Writes the table (md + csv) and the plots; returns their paths."""
   rows = rows_of(results, workdir)
-  md = markdown_table(rows)
+  md = _header(results, rows)
   seeds = seed_table(rows)
   if seeds:
-    md += "\nMean over seeds:\n\n" + seeds
+    md += "Over seeds (test split):\n\n" + seeds + "\nEvery run:\n\n"
+  md += markdown_table(rows)
   with open(os.path.join(workdir, TABLE_MD), "w") as f:
     f.write(md)
   with open(os.path.join(workdir, TABLE_CSV), "w", newline="") as f:
