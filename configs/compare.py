@@ -56,11 +56,12 @@ DEFAULTS = {
     "scaffold": {"local_lr": 0.1, "server_lr": 1.0},
 }
 # The arms of the main comparison: key -> (algorithm, overrides). The M = 1
-# DiLoCo control sees the same 32 sequences per step as ddp (one replica).
+# DiLoCo control sees the same M·B sequences per step as ddp, on one replica
+# (`_overrides` sets its B).
 MAIN_ARMS = {
     "ddp": ("ddp", {}),
     "diloco": ("diloco", {}),
-    "diloco_m1": ("diloco", {"train.num_replicas": 1, "inner.batch_size": 32}),
+    "diloco_m1": ("diloco", {"train.num_replicas": 1}),
     "fedavg": ("fedavg", {}),
     "fedadam": ("fedadam", {}),
     "easgd": ("easgd", {}),
@@ -164,12 +165,23 @@ def tuned(key: str, path: str = TUNED_FILE):
   return dict(settings[key]["point"])
 
 
-def tuned_arm(config, key: str, *, seed=0, inner_steps=None, name=None,
-              extra=None):
-  """Main arm `key` (MAIN_ARMS) at its tuned point, for seed `seed`."""
+def _overrides(config, key: str):
+  """(algorithm, overrides) of main arm `key`; fewer replicas than the base
+  keep its global batch M·B (so the tokens per step stay equal)."""
   if key not in MAIN_ARMS:
     raise ValueError(f"sweep: unknown arm {key!r}; known: {sorted(MAIN_ARMS)}")
   algorithm, overrides = MAIN_ARMS[key]
+  m = overrides.get("train.num_replicas")
+  if m is not None:
+    global_batch = config.train.num_replicas * config.inner.batch_size
+    overrides = dict(overrides, **{"inner.batch_size": global_batch // m})
+  return algorithm, overrides
+
+
+def tuned_arm(config, key: str, *, seed=0, inner_steps=None, name=None,
+              extra=None):
+  """Main arm `key` (MAIN_ARMS) at its tuned point, for seed `seed`."""
+  algorithm, overrides = _overrides(config, key)
   group = key if inner_steps is None else f"{key}_H{inner_steps}"
   return arm(config, algorithm, inner_steps=inner_steps, seed=seed,
              name=name or f"{group}_s{seed}", group=group,
@@ -188,7 +200,7 @@ def tuning_arms(config, keys=tuple(MAIN_ARMS), fraction: int = TUNE_FRACTION):
   short.train.tensorboard = False
   arms = []
   for key in keys:
-    algorithm, overrides = MAIN_ARMS[key]
+    algorithm, overrides = _overrides(config, key)
     grid = TUNE_GRID[key]
     points = [{}]
     for field, values in grid.items():
