@@ -11,8 +11,8 @@ SCAFFOLD's option II needs (configs/scaffold.py); SCAFFOLD keeps each
 client's c_i in the run's host store (N × params floats) and moves c by
 |S|/N with N = train.num_clients. The sweep (`get_sweep`) runs FedAvg,
 FedAdam, FedYogi, FedProx and SCAFFOLD on the same clients and samples.
-Outer hyperparameters are configs/compare.py's (tuned there for full
-participation), not tuned for this setting.
+Outer hyperparameters are the main comparison's starting points
+(configs/compare.py DEFAULTS), not tuned for this setting.
 
 Run one arm:
   python experiments/run.py --config=configs/population.py --workdir=/tmp/fedjax_lab/population
@@ -30,7 +30,7 @@ LOCAL_LR = 0.1  # η_l: every arm's inner SGD lr (and SCAFFOLD's local_lr).
 # Eval loss the report's "rounds to target" column counts rounds to (FedAvg
 # with this config reached 2.81 at round 20 and 2.62 at round 40).
 TARGET = {"cpu": 2.8, "smoke": 4.0}
-# Each arm's outer hyperparameters (configs/compare.py's, SCAFFOLD's paper ones).
+# Each arm's outer hyperparameters (configs/compare.py DEFAULTS, SCAFFOLD's paper ones).
 ARMS = {
     "fedavg": {"learning_rate": 1.0},
     "fedadam": {"learning_rate": 0.03, "tau": 1e-3},

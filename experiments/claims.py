@@ -39,6 +39,7 @@ from configs import compare as compare_config
 from fedjax_lab import cli
 from fedjax_lab import run as run_lib
 from fedjax_lab.run import claims as claims_lib
+from fedjax_lab.run import claims_page
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms.")
 _SIZE = flags.DEFINE_enum("size", "cpu", ["cpu", "smoke"],
@@ -87,7 +88,7 @@ def main(argv):
     cli.fail(2, f"config: {e}")
   command = " ".join(["python experiments/claims.py"]
                      + [shlex.quote(a) for a in sys.argv[1:]])
-  page = claims_lib.render(
+  page = claims_page.render(
       outcomes, command=command,
       date=datetime.datetime.now(datetime.timezone.utc).strftime(
           "%Y-%m-%d %H:%M"),

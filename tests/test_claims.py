@@ -9,9 +9,11 @@ import pytest
 from _runner_util import run_cli  # Puts the repo root on sys.path.
 from configs import compare as compare_config
 from fedjax_lab.run import claims
+from fedjax_lab.run import claims_page
+from fedjax_lab.run import verdicts
 from test_train import data_dir  # noqa: F401  (a fixture: one prepared corpus)
 
-VERDICTS = (claims.HOLDS, claims.FAILS, claims.NOISE)
+VERDICTS = (verdicts.HOLDS, verdicts.FAILS, verdicts.NOISE)
 
 
 def _rows(md):
@@ -79,7 +81,7 @@ def test_an_arm_that_does_not_count_makes_its_claim_not_run(
   assert "quantized_outer_free" in proc.stderr.strip().splitlines()[-1]
   md = out.read_text()
   rows = _rows(md)
-  assert rows.pop("quantized_outer_free") == claims.NOT_RUN
+  assert rows.pop("quantized_outer_free") == verdicts.NOT_RUN
   assert all(v in VERDICTS for v in rows.values()), rows
   assert "1x_diloco_int8_s1: test loss nan" in md
 
@@ -131,13 +133,13 @@ def test_run_claims_with_a_missing_arm(monkeypatch, tmp_path):
     assert by_id[cid].judgement is None
     assert "4x_ddp_s1: no summary" in by_id[cid].why_not_run
   # diloco 1.9 vs fedavg 2.2 and fedadam 2.1: Nesterov best, resolved.
-  assert by_id["nesterov_best_outer"].judgement.verdict == claims.HOLDS
-  assert by_id["quantized_outer_free"].judgement.verdict == claims.HOLDS
+  assert by_id["nesterov_best_outer"].judgement.verdict == verdicts.HOLDS
+  assert by_id["quantized_outer_free"].judgement.verdict == verdicts.HOLDS
   assert by_id["large_h_cheap"].tokens_per_param == {"1x": 10.0}
-  md = claims.render(outcomes, command="c", date="d", machine="m", seeds=2)
+  md = claims_page.render(outcomes, command="c", date="d", machine="m", seeds=2)
   rows = _rows(md)
-  assert rows["m1_matches_ddp"] == claims.NOT_RUN
-  assert rows["nesterov_best_outer"] == claims.HOLDS
+  assert rows["m1_matches_ddp"] == verdicts.NOT_RUN
+  assert rows["nesterov_best_outer"] == verdicts.HOLDS
   assert "1× = 10.0 tokens/param" in md
 
 
@@ -146,23 +148,23 @@ def test_run_claims_with_a_missing_arm(monkeypatch, tmp_path):
 
 
 def test_rel_and_noise_by_hand():
-  assert claims.rel_pct([2.2, 1.9], [2.0, 2.0]) == pytest.approx([10.0, -5.0])
-  assert claims.noise_pct([1.0, 3.0]) == pytest.approx(2 ** 0.5)  # std (1, 3).
-  assert claims.noise_pct([1.0, 1.2]) == claims.TOL_PCT  # std 0.14 < 0.5.
-  assert claims.noise_pct([0.1]) == claims.TOL_PCT  # One seed: tolerance.
-  assert claims.direction([1.0, 3.0], 2 ** 0.5, "up") == claims.HOLDS
-  assert claims.direction([1.0, 3.0], 2 ** 0.5, "down") == claims.FAILS
-  assert claims.direction([-1.0, 5.0], 4.243, "up") == claims.NOISE
+  assert verdicts.rel_pct([2.2, 1.9], [2.0, 2.0]) == pytest.approx([10.0, -5.0])
+  assert verdicts.noise_pct([1.0, 3.0]) == pytest.approx(2 ** 0.5)  # std (1, 3).
+  assert verdicts.noise_pct([1.0, 1.2]) == verdicts.TOL_PCT  # std 0.14 < 0.5.
+  assert verdicts.noise_pct([0.1]) == verdicts.TOL_PCT  # One seed: tolerance.
+  assert verdicts.direction([1.0, 3.0], 2 ** 0.5, "up") == verdicts.HOLDS
+  assert verdicts.direction([1.0, 3.0], 2 ** 0.5, "down") == verdicts.FAILS
+  assert verdicts.direction([-1.0, 5.0], 4.243, "up") == verdicts.NOISE
 
 
 @pytest.mark.parametrize("m1, verdict", [
-    ([1.99, 1.998], claims.HOLDS),     # −0.5%, −0.1%: better.
-    ([2.005, 2.005], claims.HOLDS),    # +0.25% < 0.5% tolerance: matches.
-    ([2.1, 2.1], claims.FAILS),        # +5%.
-    ([1.9, 2.1], claims.NOISE),        # −5%, +5%: noise 7.07% > 2%.
+    ([1.99, 1.998], verdicts.HOLDS),     # −0.5%, −0.1%: better.
+    ([2.005, 2.005], verdicts.HOLDS),    # +0.25% < 0.5% tolerance: matches.
+    ([2.1, 2.1], verdicts.FAILS),        # +5%.
+    ([1.9, 2.1], verdicts.NOISE),        # −5%, +5%: noise 7.07% > 2%.
 ])
 def test_judge_m1(m1, verdict):
-  j = claims.judge_m1({"ddp": [2.0, 2.0], "diloco M=1": m1})
+  j = verdicts.judge_m1({"ddp": [2.0, 2.0], "diloco M=1": m1})
   assert j.verdict == verdict
 
 
@@ -170,48 +172,48 @@ def test_judge_m_grid_and_budget():
   ddp = [2.0, 2.0]
   grows = {"ddp": ddp, "diloco M=1": [2.0, 2.0], "diloco M=2": [2.02, 2.02],
            "diloco M=4": [2.06, 2.06]}  # Gaps 0, 1, 3%: +3 points.
-  j = claims.judge_m_grid(grows)
-  assert j.verdict == claims.HOLDS
+  j = verdicts.judge_m_grid(grows)
+  assert j.verdict == verdicts.HOLDS
   assert j.quantities["gap M=4 − gap M=1 (points)"] == pytest.approx([3, 3])
   flat = dict(grows, **{"diloco M=4": [2.004, 2.004]})  # +0.2: noise.
-  assert claims.judge_m_grid(flat).verdict == claims.NOISE
+  assert verdicts.judge_m_grid(flat).verdict == verdicts.NOISE
   shrinks = {"1x ddp": [3.0, 3.0], "1x diloco": [3.15, 3.15],  # +5%
              "4x ddp": ddp, "4x diloco": [2.02, 2.02]}  # +1%
-  assert claims.judge_budget(shrinks).verdict == claims.HOLDS
+  assert verdicts.judge_budget(shrinks).verdict == verdicts.HOLDS
   grows_b = dict(shrinks, **{"4x diloco": [2.2, 2.2]})  # +10%
-  assert claims.judge_budget(grows_b).verdict == claims.FAILS
+  assert verdicts.judge_budget(grows_b).verdict == verdicts.FAILS
 
 
 def test_judge_outer():
   base = {"diloco": [1.0, 1.0], "fedavg": [1.1, 1.1], "fedadam": [1.05, 1.05]}
-  assert claims.judge_outer(base).verdict == claims.HOLDS
+  assert verdicts.judge_outer(base).verdict == verdicts.HOLDS
   tie = dict(base, fedadam=[1.002, 1.002])  # −0.2%: within tolerance.
-  assert claims.judge_outer(tie).verdict == claims.NOISE
+  assert verdicts.judge_outer(tie).verdict == verdicts.NOISE
   adam_wins = dict(base, fedadam=[0.9, 0.9])
-  assert claims.judge_outer(adam_wins).verdict == claims.FAILS
+  assert verdicts.judge_outer(adam_wins).verdict == verdicts.FAILS
 
 
 def test_judge_h_quant_drop_fedprox():
   h = {"H=10": [2.0, 2.0], "H=25": [2.01, 2.01], "H=100": [2.04, 2.04]}
-  j = claims.judge_h(h, budget_steps=600)
-  assert j.verdict == claims.HOLDS  # +2% ≤ 2·2.9% + 0.5%.
+  j = verdicts.judge_h(h, budget_steps=600)
+  assert j.verdict == verdicts.HOLDS  # +2% ≤ 2·2.9% + 0.5%.
   assert "H=100 leaves 6 outer steps" in j.note
   h["H=100"] = [2.2, 2.2]  # +10%.
-  assert claims.judge_h(h).verdict == claims.FAILS
+  assert verdicts.judge_h(h).verdict == verdicts.FAILS
   q = {"none": [2.0, 2.0], "int8": [2.0, 2.0], "fp4": [2.002, 2.002]}
-  assert claims.judge_quant(q).verdict == claims.HOLDS
-  assert claims.judge_quant(dict(q, fp4=[2.1, 2.1])).verdict == claims.FAILS
+  assert verdicts.judge_quant(q).verdict == verdicts.HOLDS
+  assert verdicts.judge_quant(dict(q, fp4=[2.1, 2.1])).verdict == verdicts.FAILS
   d = {"drop 0": [2.0, 2.0], "drop 0.5": [2.04, 2.04]}  # +2%.
-  assert claims.judge_drop(d).verdict == claims.HOLDS
+  assert verdicts.judge_drop(d).verdict == verdicts.HOLDS
   d["drop 0.5"] = [2.2, 2.2]  # +10% > 4.2% + 0.5%.
-  assert claims.judge_drop(d).verdict == claims.FAILS
+  assert verdicts.judge_drop(d).verdict == verdicts.FAILS
   d["drop 0.5"] = [1.9, 2.2]  # −5%, +10%: mean 2.5%, noise 10.6% > 2%.
-  assert claims.judge_drop(d).verdict == claims.NOISE
+  assert verdicts.judge_drop(d).verdict == verdicts.NOISE
   p = {"fedavg": [2.0, 2.0], "fedprox μ=0.1": [2.04, 2.04],
        "fedprox μ=0.001": [2.0, 2.0]}
-  assert claims.judge_fedprox(p).verdict == claims.HOLDS
+  assert verdicts.judge_fedprox(p).verdict == verdicts.HOLDS
   p["fedprox μ=0.001"] = [2.04, 2.04]  # No shrink.
-  assert claims.judge_fedprox(p).verdict == claims.NOISE
+  assert verdicts.judge_fedprox(p).verdict == verdicts.NOISE
 
 
 def test_a_comparison_that_stops_judges_what_is_on_disk(monkeypatch, tmp_path):
@@ -241,6 +243,6 @@ def test_a_comparison_that_stops_judges_what_is_on_disk(monkeypatch, tmp_path):
   outcomes = claims.run_claims(base, compare_config.tuned_arm, str(tmp_path),
                                size="smoke", seeds=2, only=only)
   assert [o.claim.id for o in outcomes] == only
-  assert outcomes[0].judgement.verdict == claims.HOLDS
+  assert outcomes[0].judgement.verdict == verdicts.HOLDS
   assert outcomes[1].judgement is None
   assert "1x_fedavg_prox0.1_s0: no summary" in outcomes[1].why_not_run

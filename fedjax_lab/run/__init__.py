@@ -5,11 +5,16 @@
   workdir.py    workdir/data-dir checks, the workdir lock, config.json, resume
   schedule.py   the inner optimizer (AdamW on an optax warm-up + decay)
   loop.py       train_and_evaluate: rounds, policies, checkpoints, metrics
-  evaluate.py   evaluation on the held-out split
+  evaluate.py   evaluation on the validation and test splits (samples for
+                curves, whole splits for final numbers)
   summary.py    summary.json
   progress.py   progress lines with an ETA (terminal and notebook)
   compare.py    comparisons: many arms, run one after another
-  report.py     their report: results.md/.csv and the plots
+  report.py     their report: results.md/.csv, seed statistics, the plots
+  tuning.py     hyperparameters chosen on validation, saved, re-used
+  claims.py     published claims as data, their arms, run and judged
+  verdicts.py   the claims' judges: paired seed differences and noise
+  claims_page.py  docs/claims.md
 """
 
 from fedjax_lab.checkpoint import CheckpointError

@@ -1,0 +1,259 @@
+"""Verdicts of the claims: paired seed differences, noise, and the judges.
+
+Verdict rules (`RULES`, also written into docs/claims.md). Every compared
+quantity is a relative test-loss difference in percent,
+d = 100·(L_a − L_b)/L_b (positive: a is worse), computed per seed on arms
+that share that seed, then summarised by `report.seed_stats`. Its noise is
+
+  noise = max(TOL_PCT, the std over seeds of d),
+
+so one seed leaves only the tolerance. Pairing by seed takes out what the
+seed does to both arms alike (initial parameters, data order): two arms that
+differ only in their outer-gradient codec can agree to 0.01% on every seed
+while each arm's loss moves by several percent between seeds, and only the
+former says whether the codec costs anything. A difference is *resolved* when
+|mean d| > noise. Direction claims ("A beats B", "the gap grows") hold when
+resolved in the claimed direction, do not hold when resolved against it, and
+are inconclusive otherwise. No-loss claims ("A is no worse than B") do not
+hold when mean d > noise; size claims ("costs about X%") do not hold when
+mean d > 2·X + noise (more than the same order as published); otherwise both
+hold when noise <= MAX_NOISE_PCT and are inconclusive when noisier (seeds
+that disagree this much cannot confirm a small effect). A claim with any arm
+missing, not completed or with a non-finite test loss is NOT RUN, never given
+a verdict.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from fedjax_lab.run import report
+
+HOLDS = "holds"
+FAILS = "does not hold"
+NOISE = "inconclusive: within seed noise"
+NOT_RUN = "NOT RUN"
+
+# The smallest relative test-loss difference called real, whatever the seeds
+# say: two seeds give a crude std, and 0.5% is below every published effect
+# checked here except M = 1's −0.1%.
+TOL_PCT = 0.5
+# The most noise under which "no loss" or "a small cost" is confirmed.
+MAX_NOISE_PCT = 2.0
+
+RULES = (
+    "Every compared quantity is a relative test-loss difference in percent, "
+    "d = 100·(L_a − L_b)/L_b (positive: a is worse), paired per seed. "
+    f"noise = max({TOL_PCT}%, the std of d over seeds); a difference is "
+    "resolved when |mean d| > noise. Direction claims (A beats B, a gap "
+    "grows or shrinks) hold when resolved in the claimed direction, do not "
+    "hold when resolved against it, else are inconclusive. No-loss claims "
+    "(A no worse than B) do not hold when mean d > noise; size claims (A "
+    "costs about X%) do not hold when mean d > 2·X + noise; otherwise both "
+    f"hold when noise ≤ {MAX_NOISE_PCT}% and are inconclusive when noisier. "
+    "Any arm missing, not completed or with a non-finite test loss: NOT RUN.")
+
+
+class Judgement(NamedTuple):
+  """A claim's verdict, its headline number, a note and per-seed quantities."""
+  verdict: str
+  ours: str
+  note: str
+  quantities: Dict[str, List[float]]
+
+
+# -- Numbers. -----------------------------------------------------------------
+
+
+def rel_pct(a: Sequence[float], b: Sequence[float]) -> List[float]:
+  """Per seed, 100·(a − b)/b: how much worse a's loss is than b's, in %."""
+  return [100.0 * (x - y) / y for x, y in zip(a, b)]
+
+
+def noise_pct(q: Sequence[float]) -> float:
+  """The noise of a paired quantity q (%, one value per seed): module doc."""
+  return max(TOL_PCT, report.seed_stats(q)["std"])
+
+
+def _pm(q: Sequence[float]) -> str:
+  s = report.seed_stats(q)
+  return f"{s['mean']:+.2f}% ± {s['std']:.2f}%"
+
+
+def _mean(q: Sequence[float]) -> float:
+  return report.seed_stats(q)["mean"]
+
+
+def _n(losses: Dict[str, List[float]]) -> int:
+  return min(len(v) for v in losses.values())
+
+
+def direction(q: Sequence[float], noise: float, want: str) -> str:
+  """HOLDS/FAILS/NOISE of a direction claim: want 'up' (q > 0) or 'down'."""
+  m = _mean(q) * (1 if want == "up" else -1)
+  return HOLDS if m > noise else FAILS if m < -noise else NOISE
+
+
+def no_loss(q: Sequence[float], noise: float, allowed: float = 0.0) -> str:
+  """FAILS when q (how much worse, %) exceeds allowed + noise, else HOLDS,
+  or NOISE when the noise exceeds MAX_NOISE_PCT."""
+  if _mean(q) > allowed + noise:
+    return FAILS
+  return HOLDS if noise <= MAX_NOISE_PCT else NOISE
+
+
+def about(q: Sequence[float], published: float, noise: float) -> str:
+  """A size claim: q (a cost, %) at most twice the published cost (no_loss)."""
+  return no_loss(q, noise, allowed=2 * published)
+
+
+def _size_text(verdict: str, published: float, noise: float) -> str:
+  limit = 2 * published + noise
+  return {HOLDS: f"within the allowed {limit:.2f}%",
+          FAILS: f"more than the allowed {limit:.2f}%",
+          NOISE: f"under the allowed {limit:.2f}%, but the noise is above "
+                 f"{MAX_NOISE_PCT}%"}[verdict]
+
+
+def _all(verdicts) -> str:
+  """FAILS if any part fails, HOLDS if every part holds, else NOISE."""
+  verdicts = list(verdicts)
+  return (FAILS if FAILS in verdicts else
+          HOLDS if all(v == HOLDS for v in verdicts) else NOISE)
+
+
+# -- Judges. ------------------------------------------------------------------
+
+
+def judge_m1(losses):
+  q = rel_pct(losses["diloco M=1"], losses["ddp"])
+  noise = noise_pct(q)
+  v = no_loss(q, noise)
+  return Judgement(v, f"{_pm(q)} (n={_n(losses)})",
+                   f"DiLoCo M=1 vs ddp: {_mean(q):+.2f}% (noise {noise:.2f}%); "
+                   + {HOLDS: "no worse than data-parallel.",
+                      FAILS: "worse than data-parallel beyond seed noise.",
+                      NOISE: "not worse beyond noise, but the seeds disagree "
+                             "too much to confirm a match."}[v],
+                   {"M=1 vs ddp (%)": q})
+
+
+def _m_gaps(losses):
+  return {r: rel_pct(v, losses["ddp"]) for r, v in losses.items()
+          if r.startswith("diloco M=")}
+
+
+def judge_m_grid(losses):
+  gaps = _m_gaps(losses)
+  roles = list(gaps)
+  lo, hi = roles[0], roles[-1]
+  growth = [b - a for a, b in zip(gaps[lo], gaps[hi])]
+  noise = noise_pct(growth)
+  v = direction(growth, noise, "up")
+  means = [_mean(gaps[r]) for r in roles]
+  monotone = all(b >= a for a, b in zip(means, means[1:]))
+  ours = ", ".join(f"{r[len('diloco '):]}: {_pm(gaps[r])}" for r in roles)
+  return Judgement(
+      v, f"{ours} (n={_n(losses)})",
+      f"Gap({hi[7:]}) − gap({lo[7:]}) = {_mean(growth):+.2f} points (noise "
+      f"{noise:.2f}); the mean gaps are {'' if monotone else 'not '}monotone "
+      "in M. M ≠ base M reuses the outer lr tuned at the base M.",
+      {**{f"{r[7:]} vs ddp (%)": g for r, g in gaps.items()},
+       f"gap {hi[7:]} − gap {lo[7:]} (points)": growth})
+
+
+def judge_budget(losses):
+  g1 = rel_pct(losses["1x diloco"], losses["1x ddp"])
+  g4 = rel_pct(losses["4x diloco"], losses["4x ddp"])
+  shrink = [a - b for a, b in zip(g1, g4)]
+  noise = noise_pct(shrink)
+  v = direction(shrink, noise, "up")
+  return Judgement(
+      v, f"1×: {_pm(g1)}, 4×: {_pm(g4)} (n={_n(losses)})",
+      f"The DiLoCo-vs-ddp gap (base M) goes from {_mean(g1):+.2f}% at 1× to "
+      f"{_mean(g4):+.2f}% at 4×: it shrinks by {_mean(shrink):+.2f} points "
+      f"(noise {noise:.2f}).",
+      {"1× gap (%)": g1, "4× gap (%)": g4,
+       "1× gap − 4× gap (points)": shrink})
+
+
+def judge_outer(losses):
+  d_avg = rel_pct(losses["diloco"], losses["fedavg"])
+  d_adam = rel_pct(losses["diloco"], losses["fedadam"])
+  n_avg = noise_pct(d_avg)
+  n_adam = noise_pct(d_adam)
+  vs = [direction(d_avg, n_avg, "down"), direction(d_adam, n_adam, "down")]
+  v = _all(vs)
+  return Judgement(
+      v, f"vs FedAvg {_pm(d_avg)}, vs FedAdam {_pm(d_adam)} (n={_n(losses)})",
+      f"Nesterov (diloco) vs outer SGD lr 1 (fedavg): {vs[0]} "
+      f"(noise {n_avg:.2f}%); vs FedAdam: {vs[1]} (noise {n_adam:.2f}%); "
+      "each with its own tuned inner and outer lr.",
+      {"diloco vs fedavg (%)": d_avg, "diloco vs fedadam (%)": d_adam})
+
+
+def _h_of(role: str) -> int:
+  return int(role.split("=")[1])
+
+
+def judge_h(losses, budget_steps: Optional[int] = None):
+  roles = sorted(losses, key=_h_of)
+  lo, hi = roles[0], roles[-1]
+  q = rel_pct(losses[hi], losses[lo])
+  noise = noise_pct(q)
+  v = about(q, 2.9, noise)
+  curve = {f"{r} vs {lo} (%)": rel_pct(losses[r], losses[lo])
+           for r in roles[1:]}
+  outer = budget_steps // _h_of(hi) if budget_steps else 0
+  steps = (f"; at this budget {hi} leaves {outer} outer step"
+           f"{'' if outer == 1 else 's'}" if budget_steps else "")
+  return Judgement(
+      v, f"{hi} vs {lo}: {_pm(q)} (n={_n(losses)})",
+      f"{_h_of(hi) // _h_of(lo)}× larger H costs {_mean(q):+.2f}% (noise "
+      f"{noise:.2f}%; published: 20× larger H, +2.9%): "
+      f"{_size_text(v, 2.9, noise)}{steps}.",
+      curve)
+
+
+def judge_quant(losses):
+  qs = {c: rel_pct(v, losses["none"]) for c, v in losses.items() if c != "none"}
+  noises = {c: noise_pct(q) for c, q in qs.items()}
+  vs = {c: no_loss(q, noises[c]) for c, q in qs.items()}
+  v = _all(vs.values())
+  return Judgement(
+      v, ", ".join(f"{c}: {_pm(q)}" for c, q in qs.items())
+      + f" (n={_n(losses)})",
+      "; ".join(f"{c} vs fp32 outer gradients {_mean(q):+.2f}% (noise "
+                f"{noises[c]:.2f}%): {vs[c]}" for c, q in qs.items()) + ".",
+      {f"{c} vs none (%)": q for c, q in qs.items()})
+
+
+def judge_drop(losses):
+  dropped = [r for r in losses if r != "drop 0"][0]
+  q = rel_pct(losses[dropped], losses["drop 0"])
+  noise = noise_pct(q)
+  v = about(q, 2.1, noise)
+  return Judgement(
+      v, f"{_pm(q)} (n={_n(losses)})",
+      f"Dropping each outer gradient with probability {dropped[5:]} costs "
+      f"{_mean(q):+.2f}% (noise {noise:.2f}%): {_size_text(v, 2.1, noise)}.",
+      {f"{dropped} vs drop 0 (%)": q})
+
+
+def judge_fedprox(losses):
+  roles = [r for r in losses if r.startswith("fedprox")]  # Largest μ first.
+  gaps = {r: [abs(x) for x in rel_pct(losses[r], losses["fedavg"])]
+          for r in roles}
+  shrink = [a - b for a, b in zip(gaps[roles[0]], gaps[roles[-1]])]
+  noise = noise_pct(shrink)
+  v = direction(shrink, noise, "up")
+  all_close = all(_mean(g) <= noise for g in gaps.values())
+  return Judgement(
+      v, "abs gap " + ", ".join(f"{r[8:]}: {_pm(g).lstrip('+')}"
+                                for r, g in gaps.items())
+      + f" (n={_n(losses)})",
+      f"The absolute gap to FedAvg shrinks by {_mean(shrink):+.2f} points from "
+      f"{roles[0][8:]} to {roles[-1][8:]} (noise {noise:.2f})"
+      + ("; every μ is within noise of FedAvg, so the trend is not resolved"
+         if all_close and v == NOISE else "") + ". FedProx runs on tuned "
+      "FedAvg's arm (its inner lr), so μ = 0 would be that arm exactly.",
+      {f"{r[8:]} vs fedavg, absolute (%)": g for r, g in gaps.items()}
+      | {"shrink (points)": shrink})
