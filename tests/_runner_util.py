@@ -15,6 +15,11 @@ def cli_env(data_dir, devices=1):
   env["JAX_PLATFORMS"] = "cpu"
   env["TFDS_DATA_DIR"] = str(data_dir)
   env.pop("PYTHONWARNINGS", None)
+  cache = os.environ.get("FEDJAX_LAB_TEST_COMPILE_CACHE")
+  if cache:  # conftest's: the runs share the test process's compilations.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   return env
 
 

@@ -6,6 +6,21 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent compilation cache per test process (an xdist worker), shared
+# with the runs it starts (tests/_runner_util.cli_env): the suite compiles the
+# same small programs many times over (every smoke run, every resume), and a
+# cached executable is the one a fresh compile would make. Removed at exit.
+COMPILE_CACHE = tempfile.mkdtemp(prefix="fedjax_lab_test_jax_cache_")
+atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
+os.environ["FEDJAX_LAB_TEST_COMPILE_CACHE"] = COMPILE_CACHE
+jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
