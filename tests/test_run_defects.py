@@ -123,6 +123,9 @@ def test_nonfinite_eval_is_diverged_under_drop(tmp_path, data_dir,
     def __call__(self, state, final=False):
       return {"eval": {"loss": float("nan"), "accuracy": 0.0}}
 
+    def describe(self):
+      return {"periodic": "a NaN", "final": "a NaN"}
+
   monkeypatch.setattr(loop, "Evaluator", NaNEvaluator)
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 2,
                                      "train.checkpoint_every": 1})

@@ -163,6 +163,7 @@ class _Loop:
         replay=replay)
     self.rows_since_save = list(replay)
     self.evaluate = Evaluator(run)
+    self.meta["eval_protocol"] = self.evaluate.describe()
     self.clock = progress.Clock(self.start, self.tc.rounds)
 
   def _make_loader(self):
@@ -307,8 +308,7 @@ class _Loop:
     if (self.meta.get("final") or {}).get("round") == r:
       return  # A resumed, already completed run: evaluated before.
     out = self.evaluate(self.state, final=True)
-    self.meta["final"] = jsonable({"round": r, **out,
-                                   "protocol": self.evaluate.describe()})
+    self.meta["final"] = jsonable({"round": r, **out})
     progress.say("final eval (%s): %s", self.evaluate.describe()["final"],
                  ", ".join(f"{split} loss {m['loss']:.4f}"
                            for split, m in out.items()))

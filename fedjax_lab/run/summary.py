@@ -82,10 +82,10 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       "final_test": final_test,
       "final_eval_round": (final or meta.get("last_eval") or {}).get("round"),
       "eval_protocol": {
-          "final": ((final.get("protocol") or {}).get("final") if final
+          "final": ((meta.get("eval_protocol") or {}).get("final") if final
                     else "none: the run did not complete; final_eval/test "
                     "are its last periodic evaluation"),
-          "periodic": (final.get("protocol") or {}).get("periodic")},
+          "periodic": (meta.get("eval_protocol") or {}).get("periodic")},
       "best_eval_loss": meta.get("best_eval_loss"),
       "best_eval_round": meta.get("best_eval_round"),
       "final_train_loss": last_train.get("train/loss"),
