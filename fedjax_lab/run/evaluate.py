@@ -35,8 +35,16 @@ class Evaluator:
     self._plans = {
         "periodic": self._plan(config.data.eval_batches),
         "final": self._plan(config.data.get("final_eval_batches", 0))}
+    # The curves' batches are gathered once (they are evaluated many times);
+    # the final ones when the run completes.
+    self._periodic = {split: self._gather(split, plan) for split, plan in
+                      self._plans["periodic"].items()}
     loss_fn = run.task.loss_fn
     self._step = jax.jit(lambda p, batch: loss_fn(p, batch, None)[1])
+
+  def _gather(self, split: str, plan):
+    return [(data_lib.gather(self._sources[split], idx), len(idx))
+            for idx in plan]
 
   def _plan(self, num_batches: int):
     return {split: data_lib.eval_plan(src, batch_size=self._batch,
@@ -61,17 +69,17 @@ class Evaluator:
                ) -> Dict[str, Dict[str, float]]:
     """{'eval': metrics[, 'test': metrics]} of the state's model."""
     params = self._engine.eval_params(state)
-    plans = self._plans["final" if final else "periodic"]
-    return {split: self._metrics(params, self._sources[split], plan)
-            for split, plan in plans.items()}
+    batches = (self._periodic if not final else
+               {split: self._gather(split, plan)
+                for split, plan in self._plans["final"].items()})
+    return {split: self._metrics(params, b) for split, b in batches.items()}
 
-  def _metrics(self, params, source, plan) -> Dict[str, float]:
+  def _metrics(self, params, batches) -> Dict[str, float]:
     sums: Optional[Dict[str, jnp.ndarray]] = None
-    for idx in plan:
-      out = self._step(params, data_lib.gather(source, idx))
-      out = jax.tree.map(lambda v, n=len(idx): v * n, out)
+    for batch, n in batches:
+      out = jax.tree.map(lambda v, n=n: v * n, self._step(params, batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    total = sum(len(idx) for idx in plan)
+    total = sum(n for _, n in batches)
     means = {k: float(v) / total for k, v in fetch_replicated(sums).items()}
     if "perplexity" in means:  # Of the mean loss, not the mean of exps.
       means["perplexity"] = math.exp(min(means["loss"], 700.0))
