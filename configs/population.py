@@ -17,7 +17,8 @@ Outer hyperparameters are the main comparison's starting points
 Run one arm:
   python experiments/run.py --config=configs/population.py --workdir=/tmp/fedjax_lab/population
 The sweep:
-  python experiments/compare.py --config=configs/population.py --workdir=/tmp/fedjax_lab/population_sweep
+  python experiments/compare.py --config=configs/population.py \
+      --workdir=/tmp/fedjax_lab/population_sweep
 A tiny version for tests: --config=configs/population.py:smoke --sweep=tiny.
 """
 
@@ -65,7 +66,7 @@ def get_config(size: str = "cpu"):
   config.data.partition = "by_file"  # A client is a run of neighbouring source files.
   config.train.sampling = "uniform"  # Every 10-subset of clients equally likely.
   config.train.local_epochs = 1  # E = 1 local epoch per sampled client.
-  config.train.target_eval_loss = TARGET[size]  # The report's rounds to target: first eval at or below it.
+  config.train.target_eval_loss = TARGET[size]  # Rounds to target: the first eval at or below it.
   config.inner.optimizer = "sgd"  # Plain SGD for every arm (SCAFFOLD's option II needs it).
   config.inner.learning_rate = LOCAL_LR  # η_l, constant.
   config.inner.warmup_steps = 0  # No warm-up (a known, constant lr).

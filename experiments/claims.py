@@ -2,7 +2,7 @@ r"""Checks published claims about DiLoCo-style training: a thin entry point.
 
   python experiments/claims.py --workdir=runs/claims [--only=m1_matches_ddp]
 
-Runs the claims' small fixed experiments (fedjax_lab/run/claims.py: the
+Runs the claims' small fixed experiments (experiments/study/claims.py: the
 claims, their arms and the verdict rules) on configs/compare.py's base config
 with its tuned arms, every arm once in workdir/<arm>, and writes
 docs/claims.md: per claim its source, the published number, ours (mean ± std
@@ -29,17 +29,17 @@ import shlex
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # `configs` is a package at the repository root.
+sys.path.insert(0, REPO)  # `configs` and `experiments` are packages there.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
 from configs import compare as compare_config
+from experiments.study import claims as claims_lib
+from experiments.study import claims_page
 from fedjax_lab import cli
 from fedjax_lab import run as run_lib
-from fedjax_lab.run import claims as claims_lib
-from fedjax_lab.run import claims_page
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms.")
 _SIZE = flags.DEFINE_enum("size", "cpu", ["cpu", "smoke"],

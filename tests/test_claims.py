@@ -8,9 +8,9 @@ import pytest
 
 from _runner_util import run_cli  # Puts the repo root on sys.path.
 from configs import compare as compare_config
-from fedjax_lab.run import claims
-from fedjax_lab.run import claims_page
-from fedjax_lab.run import verdicts
+from experiments.study import claims
+from experiments.study import claims_page
+from experiments.study import verdicts
 from test_train import data_dir  # noqa: F401  (a fixture: one prepared corpus)
 
 VERDICTS = (verdicts.HOLDS, verdicts.FAILS, verdicts.NOISE)

@@ -10,7 +10,8 @@ import pytest
 
 from _runner_util import REPO, run_cli
 from configs import compare as compare_config
-from fedjax_lab import config_validation, train
+from fedjax_lab import config_validation
+from fedjax_lab import run as run_lib
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                       if not p.endswith("__init__.py"))
@@ -81,7 +82,7 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
     arms = compare_config.get_sweep(base, sweep)
     assert len({a["name"] for a in arms}) == len(arms)
     for arm in arms:
-      config = train.apply_overrides(base, arm["overrides"])
+      config = run_lib.apply_overrides(base, arm["overrides"])
       config_validation.validate(config, device_count=1)
       assert tokens(config) == budget, arm["name"]
       # Same data and model in every arm; the inner optimizer differs only in
@@ -111,7 +112,7 @@ def test_default_sweep_is_the_tuned_main_arms_over_seeds():
   assert {"ddp", "diloco", "fedavg", "fedadam", "easgd", "fedprox", "papa",
           "demo"} <= algorithms
   for a in full:  # Each arm runs its tuned point.
-    config = train.apply_overrides(base, a["overrides"])
+    config = run_lib.apply_overrides(base, a["overrides"])
     point = compare_config.tuned(a["group"])
     for field, value in point.items():
       node = config

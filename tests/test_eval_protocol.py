@@ -12,7 +12,7 @@ import pytest
 from _runner_util import run_cli  # Puts the repo root on sys.path.
 from configs import smoke
 from fedjax_lab import data
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 from fedjax_lab.data import stdlib_corpus
 from fedjax_lab.metrics import read_rows
 from fedjax_lab.run import loop as loop_lib
@@ -123,7 +123,7 @@ def test_run_reports_validation_and_test_and_drops_outer_gradients(
   config.train.checkpoint_every = 0
   config.train.num_replicas = 4
   config.train.outer_drop_prob = 0.5
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = run_lib.train_and_evaluate(config, str(tmp_path))
   assert summary["status"] == "completed"
   assert summary["data"]["eval_split"] == "validation"
   assert summary["data"]["test_split"] == "test"

@@ -12,9 +12,9 @@
   compare.py    comparisons: many arms, run one after another
   report.py     their report: results.md/.csv, seed statistics, the plots
   tuning.py     hyperparameters chosen on validation, saved, re-used
-  claims.py     published claims as data, their arms, run and judged
-  verdicts.py   the claims' judges: paired seed differences and noise
-  claims_page.py  docs/claims.md
+
+This project's own study (published claims, their arms, verdicts, the claims
+page) is apart from the library, in experiments/study/.
 """
 
 from fedjax_lab.checkpoint import CheckpointError

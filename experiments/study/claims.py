@@ -23,21 +23,25 @@ import copy
 import json
 import math
 import os
-from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
-                    Tuple)
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import ml_collections
 
+from experiments.study.verdicts import judge_budget
+from experiments.study.verdicts import judge_drop
+from experiments.study.verdicts import judge_fedprox
+from experiments.study.verdicts import judge_h
+from experiments.study.verdicts import judge_m1
+from experiments.study.verdicts import judge_m_grid
+from experiments.study.verdicts import judge_outer
+from experiments.study.verdicts import judge_quant
+from experiments.study.verdicts import Judgement
 from fedjax_lab import config_validation
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.run import progress
 from fedjax_lab.run.compare import run_comparison
 from fedjax_lab.run.loop import SUMMARY_FILE
 from fedjax_lab.run.overrides import apply_overrides
-from fedjax_lab.run.verdicts import (Judgement, judge_budget, judge_drop,
-                                    judge_fedprox, judge_h, judge_m1,
-                                    judge_m_grid, judge_outer, judge_quant)
-
 
 BUDGETS = {"1x": "1×", "4x": "4×"}
 ArmFn = Callable[..., Dict[str, Any]]
