@@ -173,12 +173,15 @@ def sync_only_fn(engine, h):
   def sync_only(state):
     ok = jnp.ones([m], bool)
     keys = jax.random.split(jax.random.PRNGKey(1), m)
-    out = sync_lib.outer_sync(
-        engine.outer, engine.compressor, state.params, state.outer_state,
-        state.replica_params, state.comm_state, state.client_state, ok,
-        jnp.ones([m], jnp.float32), jnp.full([m], h, jnp.int32), keys,
-        jax.random.PRNGKey(2), rep_lib.local_ops(m))
-    return out[0]
+    out = sync_lib.outer_sync(engine.outer, engine.codec, sync_lib.SyncArgs(
+        global_params=state.params, outer_state=state.outer_state[0],
+        replica_params=state.replica_params,
+        replica_start=state.replica_params, comm_state=state.comm_state[0],
+        client_state=state.client_state, inner_state=state.inner_state,
+        ok=ok, num_examples=jnp.ones([m], jnp.float32),
+        num_steps=jnp.full([m], h, jnp.int32), comm_keys=keys,
+        key=jax.random.PRNGKey(2), round=state.round), rep_lib.local_ops(m))
+    return out.params
 
   return sync_only
 

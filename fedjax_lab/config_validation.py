@@ -42,12 +42,9 @@ PARTITIONS = ("iid", "by_source", "dirichlet")
 # data.partition values that make a population's clients (train.num_clients > 0).
 CLIENT_PARTITIONS = ("by_file", "by_group", "dirichlet", "iid")
 SAMPLING_KINDS = ("uniform", "weighted")
-# Algorithms whose replicas keep their own parameters across rounds: under
-# client sampling a slot's parameters would pass from one client to another.
-REPLICA_PERSISTENT = ("easgd", "papa", "papa_all", "papa_2")
 STDLIB_SUBSETS = ("full", "no_tests", "small")
 REPLICA_MODES = ("auto", "vmap", "sequential")
-INNER_OPTIMIZERS = ("adamw", "sgd")
+INNER_OPTIMIZERS = ("adamw", "sgd", "muon")
 UINT32_MAX = 2**32 - 1
 
 
@@ -398,13 +395,13 @@ def check_consistency(config, *, device_count: int) -> None:
   problem = tasks_lib.kind(config.model.kind).check(config.model)
   if problem:
     raise ConfigError(f"model.{problem[0]}: {problem[1]}")
-  if config.inner.optimizer != "sgd" and config.inner.momentum:
-    raise ConfigError(f"inner.momentum: only inner.optimizer='sgd' takes it, "
-                      f"got {show(config.inner.momentum)} with "
+  if config.inner.optimizer not in ("sgd", "muon") and config.inner.momentum:
+    raise ConfigError(f"inner.momentum: only inner.optimizer='sgd' or 'muon' "
+                      f"takes it, got {show(config.inner.momentum)} with "
                       f"{config.inner.optimizer!r}; set it to 0")
   drop = config.train.get("outer_drop_prob", 0.0)
   if drop and outer_lib.get(config.outer.name,
-                            **outer_hparams(config)).data_parallel:
+                            **outer_hparams(config)).every_step:
     raise ConfigError(
         f"train.outer_drop_prob: {config.outer.name!r} synchronises every "
         "step (it has no outer gradient to drop); allowed: 0 for it, or an "
@@ -455,20 +452,20 @@ def check_population(config) -> None:
                       f"steps; set local_epochs > 0 or leave it 0 (got "
                       f"{tc.max_local_steps})")
   outer = outer_lib.get(config.outer.name, **outer_hparams(config))
-  if tc.local_epochs and outer.data_parallel:
+  if tc.local_epochs and outer.every_step:
     raise ConfigError(
         f"train.local_epochs: {config.outer.name!r} is data-parallel (no local "
         f"steps to vary); use train.local_epochs=0 (inner.steps per round)")
   if n == m:
     return  # Every client every round: slot m is always client m.
   name = config.outer.name
-  if name in REPLICA_PERSISTENT:
+  if not outer.restarts_replicas:
     raise ConfigError(
         f"outer.name: {name!r} keeps each replica's parameters across rounds, "
         f"which under client sampling (train.num_clients={n} > "
         f"train.num_replicas={m}) would pass one client's model to another; "
         "use train.num_clients=0 or = train.num_replicas")
-  if not outer.data_parallel and not outer.reset_inner_state:
+  if not outer.every_step and not outer.reset_inner_state:
     raise ConfigError(
         f"outer.hparams.reset_inner_state: {name!r} keeps each replica slot's "
         f"inner optimizer state across rounds, which under client sampling "

@@ -1,11 +1,12 @@
 """The data-parallel family's round: something is averaged every step.
 
-`ddp`: each replica's gradient, averaged with weights w_i = n_i / Σ_j n_j,
-one shared inner-optimizer update. `demo` (and any entry with a
-`step_compressor` / `step_tx`): each replica compresses what it sends (with
-its own state, e.g. DeMo's residual) and the messages are aggregated by the
-compressor's rule. Uncompressed, the weighted sum of the M gradients is taken
-as one backward pass.
+An every-step algorithm (one with a `step_rule`): each replica encodes its
+gradient with the codec (the algorithm's own, with per-replica state such as
+DeMo's residual, or the run's compressor), the messages are aggregated (the
+codec's `aggregate`, else the weighted mean with w_i = n_i / Σ_j n_j) and the
+algorithm's step rule updates the one shared model (`ddp`: the inner
+optimizer). Uncompressed, the weighted sum of the M gradients is taken as one
+backward pass.
 """
 
 import jax
@@ -38,7 +39,7 @@ class DataParallel:
                            step_keys, ops):
     """Per-replica gradients, each checked, compressed and aggregated once."""
     comp = self.compressor
-    aggregate = getattr(comp, "aggregate", None)  # Default: weighted mean.
+    aggregate = comp.aggregate  # None: the weighted mean.
     p_local = ops.varying(p)
     loss_i, aux_i, grads_i = jax.vmap(
         self.steps.loss_and_grad, in_axes=(None, 0, 0, None))(p_local, b, keys,
@@ -81,8 +82,7 @@ class DataParallel:
     """Data-parallel family: every step, (compressed) gradients are averaged."""
     batch_t = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch)  # [H, m, ...]
     tx = self.tx
-    summed = (compress_lib.is_none(self.compressor) and
-              self.steps.outer.correct_grad is None and self.steps.outer.penalty is None)
+    summed = compress_lib.is_none(self.compressor)
     grad_fn = self._summed_grad if summed else self._per_replica_grad
 
     def step(carry, xs):
@@ -101,7 +101,7 @@ class DataParallel:
 
     steps = jnp.arange(jax.tree.leaves(batch_t)[0].shape[0], dtype=jnp.int32)
     (params, opt_state, comm_state), (losses, aux, oks, gnorms) = jax.lax.scan(
-        step, (state.params, state.inner_state, state.comm_state),
+        step, (state.params, state.inner_state, state.comm_state[0]),
         (batch_t, steps))
     okf = oks.astype(jnp.float32)  # [H, m]
     per_replica = lambda x: jnp.sum(jnp.where(oks, x, 0.0), 0) / jnp.maximum(
@@ -121,4 +121,4 @@ class DataParallel:
     for k, v in aux.items():
       metrics[f"inner/{k}"] = mean_ok(v)
     return state.replace(params=params, inner_state=opt_state,
-                         comm_state=comm_state, round=state.round + 1), metrics
+                         comm_state=(comm_state,), round=state.round + 1), metrics

@@ -6,8 +6,9 @@ A round: each of M replicas takes H inner optimizer steps on its own batches
 over a named mesh axis), then the replicas' outer gradients Δ_i = θ − θ_i (θ the
 global model at the round's start, see `fedjax_lab.outer.base`) are compressed,
 averaged with weights w_i = n_i / Σ_j n_j (a `psum` over the mesh axis) and
-handed to the outer algorithm's `sync`. The data-parallel family (`ddp`,
-`demo`) instead averages something every step.
+handed to the outer algorithm's `sync`. An every-step algorithm (one with a
+`step_rule`: the data-parallel family) instead aggregates something every
+step (data_parallel.py).
 
 Streaming DiLoCo is not a second loop: a `FragmentSchedule` (fragments.py) cuts
 the round into segments and syncs each fragment of the parameters at its own
@@ -15,8 +16,9 @@ step; the default schedule (one fragment, synced at the round's end) is plain
 DiLoCo/FedAvg/... . Every rule (participation, non-finite replicas, inner-state
 reset, compression, byte counts) is written once and holds for both.
 
-What differs between algorithms is data (an `OuterAlgorithm`), not loops:
-this module holds the only training loop.
+What differs between algorithms is data (an `OuterAlgorithm`'s parts), not
+loops: this module holds the only training loop and asks an algorithm what it
+does, never which one it is.
 
 Per-replica arrays carry a leading replica axis [M, ...]; batches have leading
 axes [M, H, B, ...].
@@ -36,13 +38,15 @@ from fedjax_lab import fragments as fragments_lib
 from fedjax_lab import outer as outer_lib
 from fedjax_lab import replicas as rep
 from fedjax_lab import sync as sync_lib
+from fedjax_lab.comm import collectives
 from fedjax_lab.comm import compress as compress_lib
+from fedjax_lab.comm.collectives import Message
 from fedjax_lab.data_parallel import DataParallel
 from fedjax_lab.layout import (DEFAULT_AXIS, DEFAULT_MIN_SHARD_SIZE, MODEL_AXIS,
                                Layout, replica_mesh)
 from fedjax_lab.local_steps import (REPLICA_MODES, ReplicaSteps,
                                     default_replica_mode)
-from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps
+from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, check_positive_int
 from fedjax_lab.typing import Batch, LossFn, Params, PRNGKey
 
 
@@ -54,14 +58,16 @@ class TrainState:
   Attributes:
     params: the model to evaluate: the global model (the center for EASGD, the
       population mean for PAPA; the shared model for the data-parallel family).
-    outer_state: the outer optimizer's state (replicated; a tuple with one
-      entry per fragment under a streaming schedule).
+    outer_state: the outer optimizer's state (replicated): a tuple with one
+      entry per fragment (one entry without a streaming schedule), so its
+      nesting never depends on the schedule.
     replica_params: per-replica params [M, ...] (None for data-parallel).
     inner_state: per-replica inner optimizer states [M, ...] (the one shared
       state for data-parallel).
-    comm_state: per-replica compressor state [M, ...] (error feedback; a
-      tuple per fragment under a streaming schedule).
-    client_state: per-replica algorithm state [M, ...] (SCAFFOLD's c_i), or ().
+    comm_state: per-replica codec state [M, ...] (error feedback, DeMo's
+      residual): a tuple with one entry per fragment, as `outer_state`.
+    client_state: per-replica algorithm state [M, ...] (SCAFFOLD's c_i,
+      NoLoCo's momentum), or ().
     round: int32 scalar, rounds completed.
     rng: uint32[2] raw PRNG key; per-round/replica/step keys are folded in.
   """
@@ -73,12 +79,6 @@ class TrainState:
   client_state: Any
   round: jax.Array
   rng: jax.Array
-
-
-def _check_int(field: str, value) -> int:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
-  return int(value)
 
 
 class Engine:
@@ -149,34 +149,38 @@ class Engine:
                        f"got {type(inner_opt).__name__}")
     self.outer = outer
     self.inner_opt = inner_opt
-    self.num_replicas = _check_int("num_replicas", num_replicas)
-    self.inner_steps = _check_int("inner_steps", inner_steps)
-    if outer.step_compressor is not None and not compress_lib.is_none(
-        compressor):
+    self.num_replicas = check_positive_int("num_replicas", num_replicas)
+    self.inner_steps = check_positive_int("inner_steps", inner_steps)
+    if outer.codec is not None and not compress_lib.is_none(compressor):
       raise ValueError(
-          f"compressor: {outer.name!r} sends its own every-step messages; a "
-          f"compressor for outer gradients would be ignored (use 'none')")
+          f"compressor: {outer.name!r} sends messages in its own codec; "
+          f"another compressor would be ignored (use 'none')")
     self.compressor = compressor or compress_lib.none()
+    # What a replica's messages are encoded with: the algorithm's own codec,
+    # else the run's compressor.
+    self.codec = outer.codec or self.compressor
     self.schedule = (fragments or fragments_lib.FragmentSchedule()).validate(
         self.inner_steps)
-    if not self.schedule.is_plain and (
-        outer.data_parallel or not outer.restarts_replicas or
-        outer.client_init is not None or outer.correct_grad is not None):
+    why = outer.why_not_streamable()
+    if not self.schedule.is_plain and why:
       raise ValueError(
           f"outer: a streaming schedule merges replicas toward the global "
-          f"model fragment by fragment; {outer.name!r} is not supported (it "
-          f"needs a rule whose replicas restart from the global model and "
-          f"keep no per-replica state, e.g. 'diloco')")
+          f"model fragment by fragment; {outer.name!r} cannot be streamed "
+          f"({why}); use a rule such as 'diloco'")
     self.layout = Layout(mesh, self.num_replicas, axis_name=axis_name,
                          model_axis=model_axis, param_specs=param_specs,
                          min_shard_size=min_shard_size)
     self.steps = ReplicaSteps(loss_fn, inner_opt, outer, replica_mode,
                               self.layout.local_replicas)
     self.replica_mode = self.steps.replica_mode
-    # The data-parallel family may bring its own compressor and update rule.
-    self._data_parallel = DataParallel(
-        self.steps, outer.step_compressor or self.compressor,
-        outer.step_tx or inner_opt)
+    self.every_step = outer.every_step
+    if self.every_step and outer.local_loss is not None:
+      raise ValueError(f"outer: {outer.name!r} syncs every step; a local "
+                       "loss term has no local steps to act on")
+    self._data_parallel = (DataParallel(self.steps, self.codec,
+                                        outer.step_rule(inner_opt))
+                           if self.every_step else None)
+
     self._donate = donate
     self._round_jit = None  # Built at the first round (needs the shardings).
     self._init_jit = None
@@ -197,16 +201,17 @@ class Engine:
     """Leaf indices per fragment; [None] (the whole tree) when plain."""
     return [None] if self.schedule.is_plain else self.schedule.assign(params)
 
+
+
   def fragments(self, params) -> List[List[int]]:
     """Leaf indices of each fragment (one fragment: every leaf)."""
     n = len(jax.tree.leaves(params))
     return [list(range(n)) if f is None else f for f in self._fragments(params)]
 
   def _per_fragment(self, build, params):
-    """build(fragment tree) for each fragment; a tuple only when streaming."""
-    out = tuple(build(fragments_lib.take(params, f))
-                for f in self._fragments(params))
-    return out[0] if self.schedule.is_plain else out
+    """(build(fragment tree) for each fragment,): one entry when plain."""
+    return tuple(build(fragments_lib.take(params, f))
+                 for f in self._fragments(params))
 
   def _init_fn(self, params, rng):
     m = self.num_replicas
@@ -214,11 +219,10 @@ class Engine:
     stack = lambda tree: jax.tree.map(
         lambda x: jnp.broadcast_to(x, (m,) + x.shape), tree)
     zero = jnp.zeros([], jnp.int32)
-    if self.outer.data_parallel:
-      comp = self._data_parallel.compressor
+    if self.every_step:
       return TrainState(params=params, outer_state=(), replica_params=None,
                         inner_state=self._data_parallel.tx.init(params),
-                        comm_state=jax.vmap(comp.init)(stack(params)),
+                        comm_state=(jax.vmap(self.codec.init)(stack(params)),),
                         client_state=(), round=zero, rng=rng)
     replica_params = stack(params)
     client = (() if self.outer.client_init is None else
@@ -228,15 +232,14 @@ class Engine:
         outer_state=self._per_fragment(self.outer.init, params),
         replica_params=replica_params,
         inner_state=jax.vmap(self.inner_opt.init)(replica_params),
-        comm_state=self._per_fragment(jax.vmap(self.compressor.init),
+        comm_state=self._per_fragment(jax.vmap(self.codec.init),
                                       replica_params),
         client_state=client, round=zero, rng=rng)
 
   def _state_specs(self) -> TrainState:
     r = P(self.axis_name)
-    dp = self.outer.data_parallel
     return TrainState(params=P(), outer_state=P(), replica_params=r,
-                      inner_state=P() if dp else r, comm_state=r,
+                      inner_state=P() if self.every_step else r, comm_state=r,
                       client_state=r, round=P(), rng=P())
 
   def state_shardings(self, abstract_state: TrainState):
@@ -249,8 +252,20 @@ class Engine:
     return self.layout.shardings(self._state_specs(), abstract_state,
                                  abstract_state.params)
 
+  def check(self, params: Params) -> None:
+    """Raises the algorithm's ValueError if it cannot run with these params
+    and this inner optimizer (`OuterAlgorithm.check`); shapes only."""
+    if self.outer.check is None:
+      return
+    shapes = jax.eval_shape(lambda p: p, params)
+    self.outer.check(outer_lib.Setup(
+        num_replicas=self.num_replicas, inner_steps=self.inner_steps,
+        params=shapes, inner_state=jax.eval_shape(self.inner_opt.init,
+                                                  shapes)))
+
   def abstract_state(self, params: Params) -> TrainState:
     """The state's shapes, dtypes and shardings (an orbax restore target)."""
+    self.check(params)
     abstract = jax.eval_shape(self._init_fn, params, jax.random.PRNGKey(0))
     shardings = self.state_shardings(abstract)
     if shardings is None:
@@ -264,6 +279,7 @@ class Engine:
     """The whole training state: every replica starts at `params`."""
     rng = jax.random.PRNGKey(seed) if rng is None else rng
     if self._init_jit is None:
+      self.check(params)
       abstract = jax.eval_shape(self._init_fn, params, rng)
       self._init_jit = jax.jit(self._init_fn,
                                out_shardings=self.state_shardings(abstract))
@@ -280,31 +296,46 @@ class Engine:
   # --------------------------------------------------------------------------
   # Communication accounting (static: from shapes only).
 
-  def comm_bytes(self, params: Params) -> Dict[str, float]:
-    """Bytes one replica sends per round: payload and ring all-reduce traffic.
+  def messages(self, params: Params) -> List[Tuple[int, Message]]:
+    """What one replica sends in a round: (inner step after which, message).
 
-    Payload = Σ numel × bits / 8 as the compressor encodes it, times the
-    algorithm's `comm_multiplier` (SCAFFOLD sends Δy and Δc); the
-    data-parallel family sends every one of its H steps. `ring_bytes` is what
-    one replica moves on a ring: 2·(M − 1)/M of the payload for an all-reduce
-    of dense values; (M − 1)× the payload for sparse messages that must be
-    all-gathered (`Compressor.collective == 'all_gather'`: DeMo, top-k).
-    `peak_payload_bytes` is the largest single sync (one fragment's under a
-    streaming schedule).
+    Asked of the algorithm (`OuterAlgorithm.traffic`) with the codec's byte
+    count: once per step for the every-step family, once per fragment sync
+    (after its step, `fragments.FragmentSchedule.segments`) otherwise.
     """
-    if self.outer.data_parallel:
-      per_sync = [self._data_parallel.compressor.payload_bytes(params)] * self.inner_steps
-    else:
-      per_sync = [self.compressor.payload_bytes(fragments_lib.take(params, f))
-                  * self.outer.comm_multiplier
-                  for f in self._fragments(params)]
-    payload = float(sum(per_sync))
-    m = self.num_replicas
-    comp = self._data_parallel.compressor if self.outer.data_parallel else self.compressor
-    gather = getattr(comp, "collective", "all_reduce") == "all_gather"
-    return {"payload_bytes": payload,
-            "ring_bytes": payload * ((m - 1) if gather else 2 * (m - 1) / m),
-            "peak_payload_bytes": float(max(per_sync))}
+    collective = getattr(self.codec, "collective", "all_reduce")
+    per = lambda tree: self.outer.traffic(tree, self.codec.payload_bytes,
+                                          collective)
+    if self.every_step:
+      return [(t + 1, msg) for t in range(self.inner_steps)
+              for msg in per(params)]
+    frags = self._fragments(params)
+    out = []
+    for _, t1, events in self.schedule.segments(self.inner_steps):
+      for kind, p in events:
+        if kind == "sync":
+          out += [(t1, msg) for msg in per(fragments_lib.take(params,
+                                                              frags[p]))]
+    return out
+
+  def comm_bytes(self, params: Params) -> Dict[str, float]:
+    """Bytes one replica sends per round: payload and ring traffic.
+
+    From the algorithm's messages (`messages`): payload = Σ their bytes as
+    encoded; `ring_bytes` = what one replica moves for them
+    (`fedjax_lab.comm.collectives.moved_bytes`: 2·(M − 1)/M of the payload
+    for an all-reduce, (M − 1)× for sparse messages all-gathered, (n − 1)×
+    for a group exchange); `peak_payload_bytes` the most sent after any one
+    step (one fragment's under a streaming schedule).
+    """
+    msgs = self.messages(params)
+    payload, moved = collectives.totals([m for _, m in msgs],
+                                        self.num_replicas)
+    at_step: Dict[int, float] = {}
+    for t, m in msgs:
+      at_step[t] = at_step.get(t, 0.0) + m.payload_bytes
+    return {"payload_bytes": payload, "ring_bytes": moved,
+            "peak_payload_bytes": float(max(at_step.values(), default=0.0))}
 
   # --------------------------------------------------------------------------
   # The round.
@@ -312,17 +343,15 @@ class Engine:
   def _round_local(self, state: TrainState, batch, mask, num_examples,
                    num_steps, ops: ReplicaOps, stragglers: bool):
     sync_key, replica_keys, comm_keys = sync_lib.round_keys(state, ops)
-    if self.outer.data_parallel:
+    if self.every_step:
       return self._data_parallel.round(state, batch, mask, num_examples,
                                        replica_keys, comm_keys, ops)
     plain = self.schedule.is_plain
     frags = self._fragments(state.params)
-    as_list = lambda x: [x] if plain else list(x)
-    as_state = lambda xs: xs[0] if plain else tuple(xs)
     g, reps, inner = state.params, state.replica_params, state.inner_state
     client = state.client_state
-    outer_states = as_list(state.outer_state)
-    comm_states = as_list(state.comm_state)
+    outer_states = list(state.outer_state)
+    comm_states = list(state.comm_state)
     loss_sum = count = 0
     aux_sum: Dict[str, Any] = {}
     finite = jnp.ones_like(mask)
@@ -332,7 +361,7 @@ class Engine:
       chunk = jax.tree.map(lambda x, t0=t0, t1=t1: x[:, t0:t1], batch)
       reps, inner, l_sum, a_sum, c, fin = self.steps.local_phase(
           reps, inner, chunk, num_steps, replica_keys, client, anchor=g,
-          outer_state=state.outer_state, start=t0, stragglers=stragglers)
+          outer_state=outer_states[0], start=t0, stragglers=stragglers)
       loss_sum, count = loss_sum + l_sum, count + c
       aux_sum = {k: aux_sum.get(k, 0.0) + v for k, v in a_sum.items()}
       finite = finite & fin
@@ -342,20 +371,27 @@ class Engine:
         if kind == "sync":
           finite = finite & rep.all_finite(reps_p)
           ok_all = ok = ok_all & finite
-          (new_g_p, new_reps_p, outer_states[p], comm_states[p], client,
-           delta) = sync_lib.outer_sync(
-               self.outer, self.compressor, g_p, outer_states[p], reps_p, comm_states[p], client, ok,
-               num_examples, num_steps,
-               comm_keys if plain else jax.vmap(
-                   lambda k, p=p: jax.random.fold_in(k, p))(comm_keys),
-               sync_key if plain else jax.random.fold_in(sync_key, p), ops)
+          out = sync_lib.outer_sync(self.outer, self.codec, sync_lib.SyncArgs(
+              global_params=g_p, outer_state=outer_states[p],
+              replica_params=reps_p,
+              replica_start=fragments_lib.take(state.replica_params, idx),
+              comm_state=comm_states[p], client_state=client,
+              inner_state=rep.select(ok, inner, state.inner_state),
+              ok=ok, num_examples=num_examples, num_steps=num_steps,
+              comm_keys=comm_keys if plain else jax.vmap(
+                  lambda k, p=p: jax.random.fold_in(k, p))(comm_keys),
+              key=sync_key if plain else jax.random.fold_in(sync_key, p),
+              round=state.round), ops)
+          outer_states[p], comm_states[p] = out.outer_state, out.comm_state
+          client, inner = out.client_state, out.inner_state
           delta_sq = delta_sq + sum(jnp.sum(jnp.square(d.astype(jnp.float32)))
-                                    for d in jax.tree.leaves(delta))
-          g = fragments_lib.put(g, idx, new_g_p)
+                                    for d in jax.tree.leaves(out.delta))
+          g = fragments_lib.put(g, idx, out.params)
+          new_reps_p = out.replica_params
           if self.schedule.overlap_steps == 0:
             if self.schedule.merge_alpha:
-              new_reps_p = rep.select(ok, sync_lib.merge(self.schedule.merge_alpha, reps_p, new_g_p),
-                                      new_reps_p)
+              new_reps_p = rep.select(ok, sync_lib.merge(
+                  self.schedule.merge_alpha, reps_p, out.params), new_reps_p)
             reps = fragments_lib.put(reps, idx, new_reps_p)
         else:  # A merge τ steps after this fragment's sync.
           merged = sync_lib.merge(self.schedule.merge_alpha, reps_p, g_p)
@@ -378,9 +414,9 @@ class Engine:
           inner, reps)
     metrics = sync_lib.round_metrics(ok, mask, finite, loss_sum, aux_sum, count,
                                   delta_sq, ops)
-    new_state = state.replace(params=g, outer_state=as_state(outer_states),
+    new_state = state.replace(params=g, outer_state=tuple(outer_states),
                               replica_params=reps, inner_state=inner,
-                              comm_state=as_state(comm_states),
+                              comm_state=tuple(comm_states),
                               client_state=client, round=state.round + 1)
     return new_state, metrics
 
@@ -494,7 +530,7 @@ class Engine:
       raise ValueError(f"num_examples must be >= 0 with shape [{m}]")
     # Paying for skipped steps only in rounds that have stragglers: a second
     # program, compiled once, the first time one shows up.
-    stragglers = bool(np.any(num_steps < h)) and not self.outer.data_parallel
+    stragglers = bool(np.any(num_steps < h)) and not self.every_step
     put = lambda x: self.layout.put_replica_axis(x, self.num_replicas)
     return (jax.tree.map(put, batch), put(mask), put(num_examples),
             put(num_steps)), stragglers

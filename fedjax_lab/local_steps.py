@@ -3,8 +3,8 @@
 The engine runs `local_phase` over the replicas a device holds, all at once
 (`jax.vmap`) or one after another (`lax.map`): the same numbers either way;
 sequential needs one replica's activations at a time. What an algorithm adds
-locally (a penalty on the loss, a correction of every gradient) is data on
-the `OuterAlgorithm`.
+locally (`local_loss`: a penalty, or a linear term whose gradient corrects
+every step's) is data on the `OuterAlgorithm`.
 """
 
 from typing import Dict, Tuple
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.outer.base import OuterAlgorithm
+from fedjax_lab.outer.base import LocalContext, OuterAlgorithm
 from fedjax_lab.typing import LossFn
 
 REPLICA_MODES = ("auto", "vmap", "sequential")
@@ -47,7 +47,7 @@ class ReplicaSteps:
   Attributes:
     loss_fn: (params, batch, rng) -> loss or (loss, metrics).
     inner_opt: the optax optimizer every replica runs.
-    outer: the algorithm (its `penalty` and `correct_grad` apply locally).
+    outer: the algorithm (its `local_loss` applies locally).
     replica_mode: 'vmap' or 'sequential'.
   """
 
@@ -65,19 +65,18 @@ class ReplicaSteps:
 
   def loss_and_grad(self, params, batch, rng, anchor, client=(),
                     outer_state=()):
-    """(loss, aux, grads) of one step: the algorithm's penalty added to the
-    loss (anchored at the global model), its correction to the gradient."""
+    """(loss, aux, grads) of one step: the algorithm's local term (anchored at
+    the global model) is added to the loss it differentiates; the loss it
+    reports is the task's."""
+    local = self.outer.local_loss
+    context = LocalContext(anchor, client, outer_state)
 
     def total(p):
       loss, aux = split_loss(self.loss_fn(p, batch, rng))
-      full = loss
-      if self.outer.penalty is not None:
-        full = loss + self.outer.penalty(p, anchor)
+      full = loss if local is None else loss + local(p, context)
       return full, (loss, aux)
 
     (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
-    if self.outer.correct_grad is not None:
-      grads = self.outer.correct_grad(grads, client, outer_state)
     return loss, aux, grads
 
   def run_replica(self, params, opt_state, batch, num_steps, key, client, *,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_lab.outer.base import ReplicaOps
+from fedjax_lab.outer.base import broadcast_like as broadcast_to  # noqa: F401
 
 
 def select(pred: jax.Array, on_true, on_false):
@@ -49,12 +50,6 @@ def weights(ok, num_examples, ops: ReplicaOps):
   raw = jnp.where(ok, num_examples, 0.0).astype(jnp.float32)
   total = ops.sum(raw)
   return raw / jnp.maximum(total, 1e-30), total > 0
-
-
-def broadcast_to(tree, like):
-  """An unbatched tree repeated along the replica axis of `like`."""
-  return jax.tree.map(
-      lambda x, y: jnp.broadcast_to(x, y.shape).astype(y.dtype), tree, like)
 
 
 def fresh_inner_state(inner_opt, old_state, params):

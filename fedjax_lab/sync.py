@@ -7,6 +7,8 @@ it to the algorithm's `sync`. Replicas that did not count restart from the new
 global model; if nobody counted, the global model and outer state stay.
 """
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -14,39 +16,73 @@ from fedjax_lab import replicas as rep
 from fedjax_lab.outer.base import SyncInputs
 
 
-def outer_sync(outer, compressor, g, outer_state, new_p, comm_state, client,
-               ok, num_examples, num_steps, comm_keys, sync_key, ops):
-  """Δ_i, compression, the weighted average and `outer.sync`.
+class SyncArgs(NamedTuple):
+  """One sync's inputs: the whole model or one fragment of it.
+
+  Params-shaped fields hold the fragment's leaves; replica-axis fields the
+  local block [m, ...].
+  """
+  global_params: Any  # θ at the round's start.
+  outer_state: Any  # The fragment's outer state.
+  replica_params: Any  # θ_i after the local steps.
+  replica_start: Any  # θ_i at the round's start.
+  comm_state: Any  # The codec's per-replica state.
+  client_state: Any  # The algorithm's per-replica state (whole model).
+  inner_state: Any  # Inner optimizer states, non-counting ones at their start.
+  ok: jax.Array  # bool [m]: the replica counts (took part, stayed finite).
+  num_examples: jax.Array  # [m]
+  num_steps: jax.Array  # int32 [m]
+  comm_keys: jax.Array  # [m] per-replica codec keys.
+  key: jax.Array  # The sync's key (identical on every device).
+  round: jax.Array  # int32: rounds completed before this one.
+
+
+class SyncOut(NamedTuple):
+  params: Any
+  replica_params: Any
+  outer_state: Any
+  comm_state: Any
+  client_state: Any
+  inner_state: Any
+  delta: Any  # The aggregate Δ (for the outer-gradient norm).
+
+
+def outer_sync(outer, codec, args: SyncArgs, ops) -> SyncOut:
+  """Δ_i, the codec, the aggregate and `outer.sync`.
 
   Works on any tree shaped like the params (the whole model or one
-  fragment of it). Replicas that are not `ok` (sat out or diverged) count
-  for nothing and restart from the new global model.
-
-  Returns:
-    (new global, new replica params, outer state, compressor state, client
-    state, Δ).
+  fragment of it). Replicas that are not `ok` (sat out or diverged) send
+  nothing, keep their codec and per-replica state, and restart from the new
+  global model. If nobody counted, the global model and outer state stay.
   """
-  deltas = jax.tree.map(lambda g_, p: g_[None] - p, g, new_p)
-  weights, anyone = rep.weights(ok, num_examples, ops)
+  ok, g = args.ok, args.global_params
+  deltas = jax.tree.map(lambda g_, p: g_[None] - p, g, args.replica_params)
+  weights, anyone = rep.weights(ok, args.num_examples, ops)
   # Zero (not multiply) what must not count: 0 × NaN is NaN.
   deltas = rep.select(ok, deltas, jax.tree.map(jnp.zeros_like, deltas))
-  sent, new_comm = jax.vmap(compressor.compress)(deltas, comm_state, comm_keys)
-  comm_state = rep.select(ok, new_comm, comm_state)
-  delta = ops.weighted_sum(sent, weights)
-  inputs = SyncInputs(global_params=g, replica_params=new_p, deltas=sent,
-                      delta=delta, weights=weights, key=sync_key,
-                      client_state=client, num_steps=num_steps)
-  result = outer.sync(inputs, outer_state, ops)
-  new_g, new_replicas, new_outer = result[:3]
-  if len(result) > 3:
-    client = rep.select(ok, result[3], client)
+  sent, new_comm = jax.vmap(codec.compress)(deltas, args.comm_state,
+                                            args.comm_keys)
+  comm_state = rep.select(ok, new_comm, args.comm_state)
+  delta = (ops.weighted_sum(sent, weights) if codec.aggregate is None else
+           codec.aggregate(sent, weights, ops))
+  inputs = SyncInputs(global_params=g, replica_params=args.replica_params,
+                      deltas=sent, delta=delta, weights=weights, key=args.key,
+                      client_state=args.client_state, num_steps=args.num_steps,
+                      replica_start=args.replica_start,
+                      inner_state=args.inner_state, round=args.round)
+  result = outer.sync(inputs, args.outer_state, ops)
+  client = args.client_state
+  if result.client_state is not None:
+    client = rep.select(ok, result.client_state, client)
+  inner = (args.inner_state if result.inner_state is None
+           else result.inner_state)
   keep_if_nobody = lambda new, old: jax.tree.map(
       lambda a, b: jnp.where(anyone, a, b), new, old)
-  new_g = keep_if_nobody(new_g, g)
-  outer_state = keep_if_nobody(new_outer, outer_state)
-  restart = rep.broadcast_to(new_g, new_replicas)
-  return (new_g, rep.select(ok, new_replicas, restart), outer_state,
-          comm_state, client, delta)
+  new_g = keep_if_nobody(result.params, g)
+  outer_state = keep_if_nobody(result.outer_state, args.outer_state)
+  restart = rep.broadcast_to(new_g, result.replica_params)
+  return SyncOut(new_g, rep.select(ok, result.replica_params, restart),
+                 outer_state, comm_state, client, inner, delta)
 
 
 def merge(a, local, global_):

@@ -182,7 +182,7 @@ def test_matches_numpy_reference_every_step(m, wd):
     assert_close(state.params, expected[t])
   assert metrics["payload_bytes"] == 72 + 35 + 4  # See test_bytes_by_hand.
   for i in range(m):
-    got = jax.tree.map(lambda x: np.asarray(x[i]), state.comm_state.residual)
+    got = jax.tree.map(lambda x: np.asarray(x[i]), state.comm_state[0].residual)
     assert_close(got, residuals[i])
   # Really sparse: replicas keep a residual (the coefficients not sent).
   assert np.abs(residuals[0]["w"]).max() > 1e-4
@@ -279,7 +279,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
       restored, make_batch(m, h, 1))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert np.abs(np.asarray(resumed.comm_state.residual["w"])).max() > 0
+  assert np.abs(np.asarray(resumed.comm_state[0].residual["w"])).max() > 0
 
 
 def test_later_rounds_do_not_recompile():
@@ -325,9 +325,9 @@ def test_bad_hparams_name_the_field(hp, field):
 
 def test_registry_entry_and_defaults():
   algo = outer.get("demo")
-  assert algo.data_parallel and algo.name == "demo"
+  assert algo.every_step and algo.name == "demo"
   # Sparse messages with different indices per replica: all-gathered.
-  assert algo.step_compressor.collective == "all_gather"
+  assert algo.codec.collective == "all_gather"
   assert outer.hparams("demo") == {
       "learning_rate": 4e-4, "compression_decay": 0.999,
       "compression_topk": 32, "compression_chunk": 64, "weight_decay": 0.0}

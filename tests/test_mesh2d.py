@@ -96,7 +96,7 @@ def test_large_leaves_are_split_over_the_model_axis(name):
   for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
     stacked = path[0].name in ("replica_params", "client_state") or (
         path[0].name in ("inner_state", "comm_state") and
-        not engine.outer.data_parallel)
+        not engine.every_step)
     shape = x.shape[1:] if stacked else x.shape
     big = np.prod(shape) >= MIN_SHARD and any(d % 4 == 0 for d in shape)
     assert _split_over_model(x) == bool(big), (path, x.shape, x.sharding.spec)
@@ -176,10 +176,10 @@ def _smoke(data_dir, **overrides):
 
 @pytest.mark.slow
 def test_run_with_model_devices_equals_one_model_device(tmp_path, data_dir):
-  from fedjax_lab import train  # pylint: disable=g-import-not-at-top
-  a = train.train_and_evaluate(_smoke(data_dir, **{"mesh.model_devices": 2}),
+  from fedjax_lab import run as run_lib  # pylint: disable=g-import-not-at-top
+  a = run_lib.train_and_evaluate(_smoke(data_dir, **{"mesh.model_devices": 2}),
                                str(tmp_path / "a"))
-  b = train.train_and_evaluate(_smoke(data_dir, **{"mesh.num_devices": 4}),
+  b = run_lib.train_and_evaluate(_smoke(data_dir, **{"mesh.num_devices": 4}),
                                str(tmp_path / "b"))
   assert a["status"] == b["status"] == "completed"
   assert a["compiled_rounds"] == 1
@@ -194,10 +194,10 @@ def test_run_with_model_devices_equals_one_model_device(tmp_path, data_dir):
 ])
 def test_bad_model_devices_names_the_field(tmp_path, data_dir, overrides,
                                            match):
-  from fedjax_lab import train  # pylint: disable=g-import-not-at-top
+  from fedjax_lab import run as run_lib  # pylint: disable=g-import-not-at-top
   from fedjax_lab.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match=match):
-    train.train_and_evaluate(_smoke(data_dir, **overrides), str(tmp_path / "w"))
+    run_lib.train_and_evaluate(_smoke(data_dir, **overrides), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
 

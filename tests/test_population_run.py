@@ -20,7 +20,7 @@ from configs import scaffold as scaffold_config
 from configs import smoke
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.metrics import read_rows
 from fedjax_lab.run import build as build_lib
@@ -49,7 +49,7 @@ def _config(data_dir, algorithm="diloco", **overrides):
   config.train.tensorboard = False
   config.train.rounds = 4
   config.train.eval_every = 2
-  return train.apply_overrides(config, overrides)
+  return run_lib.apply_overrides(config, overrides)
 
 
 def _rows(workdir):
@@ -83,7 +83,7 @@ def test_every_client_every_round_is_todays_run_bit_for_bit(
     np.testing.assert_array_equal(a, b)
   today = loop_lib.train_and_evaluate(base, str(tmp_path / "today"))
   pop = loop_lib.train_and_evaluate(
-      train.apply_overrides(base, {"train.num_clients": m}),
+      run_lib.apply_overrides(base, {"train.num_clients": m}),
       str(tmp_path / "pop"))
   assert pop["status"] == today["status"] == "completed"
   assert pop["final_eval"] == today["final_eval"]
@@ -144,7 +144,7 @@ def test_scaffold_store_holds_sampled_clients_and_n_scales_c(tmp_path,
       assert bool(np.any(leaf[i] != 0)) == (i in seen), i
   # c starts at 0 and moves by Σ_{i∈S} Δc_i / N, each c_i by its own Δc_i:
   # N·c = Σ_i c_i with N = train.num_clients, not the M = 2 slots.
-  control = ckpt["train_state"]["outer_state"]["control"]
+  control = ckpt["train_state"]["outer_state"][0]["control"]
   for c, ci in zip(_leaves(control), _leaves(store), strict=True):
     np.testing.assert_allclose(n * c, ci.sum(0), rtol=1e-4, atol=1e-6)
 
@@ -206,7 +206,7 @@ BAD = [
 
 @pytest.mark.parametrize("overrides,field", BAD)
 def test_bad_population_fields_name_the_field(overrides, field):
-  config = train.apply_overrides(smoke.get_config(), overrides)
+  config = run_lib.apply_overrides(smoke.get_config(), overrides)
   with pytest.raises(ConfigError) as e:
     config_validation.validate(config, device_count=1)
   assert str(e.value).startswith(f"{field}:"), str(e.value)
@@ -234,7 +234,7 @@ def test_population_refusals_that_need_the_data(tmp_path, data_dir, algorithm,
 
 
 def test_memory_check_counts_the_client_store():
-  config = train.apply_overrides(smoke.get_config(), {
+  config = run_lib.apply_overrides(smoke.get_config(), {
       "train.num_clients": 10**6, "data.partition": "iid",
       "outer.name": "fedavg"})
   build_lib.check_memory(config, 16576, limit=1e9)  # Fits without a store.
@@ -280,7 +280,7 @@ def test_sampled_scaffold_sharded_over_devices_matches_vmapped(tmp_path,
   overrides = {"train.num_clients": 6, "data.partition": "by_file",
                "train.rounds": 2, "train.checkpoint_every": 2}
   vmapped = _config(data_dir, "scaffold", **overrides)
-  sharded = train.apply_overrides(vmapped, {"mesh.num_devices": 2})
+  sharded = run_lib.apply_overrides(vmapped, {"mesh.num_devices": 2})
   loop_lib.train_and_evaluate(vmapped, str(tmp_path / "v"))
   summary = loop_lib.train_and_evaluate(sharded, str(tmp_path / "s"))
   assert summary["devices"]["mesh_devices"] == 2

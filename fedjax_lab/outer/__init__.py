@@ -7,7 +7,8 @@ factory takes keyword-only hyperparameters and validates them.
 import inspect
 from typing import Callable, Dict
 
-from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, SyncInputs, optax_outer
+from fedjax_lab.outer.base import (OuterAlgorithm, ReplicaOps, Setup,
+                                   SyncInputs, SyncResult, optax_outer)
 from fedjax_lab.outer.ddp import ddp
 from fedjax_lab.outer.demo import demo
 from fedjax_lab.outer.diloco import diloco
@@ -79,5 +80,5 @@ __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
-    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner",
+    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "Setup", "SyncResult",
 ]

@@ -11,11 +11,7 @@ from fedjax_lab.outer import base
 
 
 def ddp() -> base.OuterAlgorithm:
-  """Data-parallel training: the engine averages gradients every inner step."""
-
-  def sync(inputs, state, ops):
-    raise NotImplementedError("ddp has no sync; the engine averages gradients")
-
-  return base.OuterAlgorithm(init=lambda params: (), sync=sync,
-                             reset_inner_state=False, data_parallel=True,
-                             name="ddp")
+  """Data-parallel training: every step, the weighted mean of the replicas'
+  gradients updates the shared model through the inner optimizer."""
+  return base.OuterAlgorithm(init=lambda params: (), step_rule=lambda tx: tx,
+                             reset_inner_state=False, name="ddp")

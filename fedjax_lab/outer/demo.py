@@ -9,18 +9,17 @@ each coefficient) and θ ← θ·(1 − η·λ) − η·sign(Q). The rule with i
 is in docs/algorithms.md; the codec (chunking, scalars, ≥ 3-D tensors, bytes)
 is `fedjax_lab.comm.dct`.
 
-In the engine DeMo is a data-parallel entry (it talks every step): the
-residual e_i is the per-replica state of its step compressor, the
-per-coefficient mean is that compressor's `aggregate`, and sign-SGD with
-decoupled weight decay is its `step_tx`, applied to the one shared model.
-The engine's `inner_opt` and `compressor` are not used.
+In the engine DeMo is an every-step entry: the residual e_i is the
+per-replica state of its own codec, the per-coefficient mean is that codec's
+`aggregate`, and sign-SGD with decoupled weight decay is its `step_rule`,
+applied to the one shared model. The engine's `inner_opt` is not used, and a
+run's compressor is refused (DeMo's messages are its own).
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fedjax_lab.comm import compress as compress_lib
@@ -80,13 +79,6 @@ def sign_sgd(learning_rate: float,
   return optax.chain(*parts)
 
 
-def _check_int(field: str, value) -> int:
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < 1):
-    raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
-  return int(value)
-
-
 def demo(*, learning_rate: float = 4e-4, compression_decay: float = 0.999,
          compression_topk: int = 32, compression_chunk: int = 64,
          weight_decay: float = 0.0) -> base.OuterAlgorithm:
@@ -107,16 +99,12 @@ def demo(*, learning_rate: float = 4e-4, compression_decay: float = 0.999,
   """
   lr = base.check_positive("learning_rate", learning_rate)
   decay = base.check_unit_interval("compression_decay", compression_decay)
-  topk = _check_int("compression_topk", compression_topk)
-  chunk = _check_int("compression_chunk", compression_chunk)
+  topk = base.check_positive_int("compression_topk", compression_topk)
+  chunk = base.check_positive_int("compression_chunk", compression_chunk)
   wd = base.check_nonnegative("weight_decay", weight_decay)
 
-  def sync(inputs, state, ops):
-    raise NotImplementedError("demo has no sync; the engine syncs every step")
-
   return base.OuterAlgorithm(
-      init=lambda params: (), sync=sync, reset_inner_state=False,
-      data_parallel=True, name="demo",
-      step_compressor=residual_compressor(learning_rate=lr, decay=decay,
-                                          chunk=chunk, topk=topk),
-      step_tx=sign_sgd(lr, wd))
+      init=lambda params: (), step_rule=lambda inner_tx: sign_sgd(lr, wd),
+      reset_inner_state=False, name="demo",
+      codec=residual_compressor(learning_rate=lr, decay=decay, chunk=chunk,
+                                topk=topk))

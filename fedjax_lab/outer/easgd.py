@@ -18,11 +18,12 @@ import optax
 from fedjax_lab.outer import base
 
 
-def elastic_penalty(rho: float) -> base.PenaltyFn:
-  """(ρ/2)·‖θ_i − anchor‖², summed over every leaf."""
+def elastic_penalty(rho: float) -> base.LocalLossFn:
+  """(ρ/2)·‖θ_i − anchor‖², summed over every leaf (a `local_loss`)."""
 
-  def penalty(params, anchor):
-    sq = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params, anchor)
+  def penalty(params, context: base.LocalContext):
+    sq = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params,
+                      context.anchor)
     return 0.5 * rho * sum(jax.tree.leaves(sq))
 
   return penalty
@@ -43,10 +44,10 @@ def easgd(*, beta: float = 0.9, rho: float = 0.0,
     new_replicas = jax.tree.map(
         lambda p, c: p - alpha * (p - c[None]), inputs.replica_params,
         inputs.global_params)
-    return new_center, new_replicas, state
+    return base.SyncResult(new_center, new_replicas, state)
 
   return base.OuterAlgorithm(
       init=center_tx.init, sync=sync,
-      penalty=elastic_penalty(rho) if rho > 0 else None,
+      local_loss=elastic_penalty(rho) if rho > 0 else None,
       reset_inner_state=base.check_bool("reset_inner_state", reset_inner_state),
       name="easgd", restarts_replicas=False)

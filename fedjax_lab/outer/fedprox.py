@@ -21,23 +21,27 @@ def fedprox(*, mu: float = 0.01, outer: str = "fedavg",
 
   Args:
     mu: proximal coefficient μ ≥ 0 (paper sweeps {0.001, 0.01, 0.1, 0.5, 1}).
-    outer: registry name of the outer rule (not 'fedprox' or 'ddp').
+    outer: registry name of a once-a-round rule without a local loss term
+      (not 'fedprox', 'ddp', 'demo', 'scaffold').
     outer_hparams: hyperparameters of that rule.
     reset_inner_state: None keeps the outer rule's choice.
   """
   from fedjax_lab import outer as outer_lib  # The registry imports this module.
   mu = base.check_nonnegative("mu", mu)
-  if outer in ("fedprox", "ddp"):
-    raise ValueError(f"outer must be an outer rule other than 'fedprox' and "
-                     f"'ddp', got {outer!r}")
+  if outer == "fedprox":
+    raise ValueError("outer must be an outer rule other than 'fedprox'")
   inner_rule = outer_lib.get(outer, **dict(outer_hparams or {}))
-  if inner_rule.penalty is not None:
-    raise ValueError(f"outer={outer!r} already has a local penalty; FedProx "
+  if inner_rule.every_step:
+    raise ValueError(f"outer={outer!r} synchronises every step (no local "
+                     "steps for a proximal term to act on); FedProx composes "
+                     "with a rule that syncs once a round")
+  if inner_rule.local_loss is not None:
+    raise ValueError(f"outer={outer!r} already has a local loss term; FedProx "
                      "composes with rules that have none")
   if reset_inner_state is not None:
     inner_rule = inner_rule._replace(reset_inner_state=base.check_bool(
         "reset_inner_state", reset_inner_state))
   # The proximal term is (μ/2)‖θ_i − θ‖², the same form as EASGD's elastic one.
   return inner_rule._replace(
-      penalty=elastic_penalty(mu) if mu > 0 else None,
+      local_loss=elastic_penalty(mu) if mu > 0 else None,
       name="fedprox")

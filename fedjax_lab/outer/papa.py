@@ -32,7 +32,7 @@ def papa(*, alpha: float = 0.99,
     mean = jax.tree.map(lambda g, d: g - d, inputs.global_params, inputs.delta)
     new_replicas = jax.tree.map(lambda p, m: alpha * p + (1 - alpha) * m[None],
                                 inputs.replica_params, mean)
-    return mean, new_replicas, state
+    return base.SyncResult(mean, new_replicas, state)
 
   return base.OuterAlgorithm(
       init=_no_state, sync=sync,
@@ -74,7 +74,7 @@ def papa_2(*, reset_inner_state: bool = False) -> base.OuterAlgorithm:
     new_replicas = jax.tree.map(mix, inputs.replica_params,
                                 inputs.global_params, all_deltas)
     mean = jax.tree.map(lambda g, d: g - d, inputs.global_params, inputs.delta)
-    return mean, new_replicas, state
+    return base.SyncResult(mean, new_replicas, state)
 
   return base.OuterAlgorithm(
       init=_no_state, sync=sync,

@@ -10,10 +10,11 @@ registry, which is the paper's mean over S when the work is equal; the mean
 of Δc_i is the paper's unweighted one.
 
 The engine keeps every replica's c_i in `TrainState.client_state` (sharded
-like the replicas, checkpointed), applies `correct_grad` to every inner
-gradient, and keeps the old c_i of a replica that did not take part (sat
-out, diverged or took 0 steps). The server's c is the outer state. A replica
-sends Δy_i and Δc_i: twice FedAvg's traffic (`comm_multiplier=2`). With a
+like the replicas, checkpointed) and keeps the old c_i of a replica that did
+not take part (sat out, diverged or took 0 steps). The correction is a local
+loss term ⟨c − c_i, y_i⟩, whose gradient is c − c_i: every inner gradient
+becomes g_i(y_i) − c_i + c. The server's c is the outer state. A replica
+sends Δy_i and Δc_i: two messages (twice FedAvg's traffic). With a
 compressor configured only Δy_i goes through it; Δc_i is applied exactly
 but counted at Δy_i's compressed size.
 
@@ -42,11 +43,18 @@ def _zeros(params):
   return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
 
-def correct_grad(grads, client_control, state: ScaffoldState):
-  """g − c_i + c, cast back to each gradient's dtype."""
-  return jax.tree.map(
-      lambda g, ci, c: (g.astype(jnp.float32) - ci + c).astype(g.dtype),
-      grads, client_control, state.control)
+def control_term(params, context: base.LocalContext):
+  """⟨c − c_i, y_i⟩: its gradient turns g_i into g_i − c_i + c.
+
+  The controls are constants of the round (`stop_gradient`); the product is
+  taken in float32 so that low-precision params get a float32 correction.
+  """
+  c = context.outer_state.control
+  terms = jax.tree.map(
+      lambda p, ci, cc: jnp.sum(jax.lax.stop_gradient(cc - ci) *
+                                p.astype(jnp.float32)),
+      params, context.client_state, c)
+  return sum(jax.tree.leaves(terms))
 
 
 def check_inner(optimizer: str, *, decay: str = "constant",
@@ -139,12 +147,17 @@ def scaffold(*, local_lr: Optional[float] = None, server_lr: float = 1.0,
     sum_dc = ops.weighted_sum(delta_c, senders.astype(jnp.float32))
     n = ops.num_replicas if num_clients is None else int(num_clients)
     new_c = jax.tree.map(lambda cl, s: cl + s / n, c, sum_dc)
-    return (new_x, base.broadcast_like(new_x, inputs.replica_params),
-            ScaffoldState(control=new_c), new_ci)
+    return base.SyncResult(
+        new_x, base.broadcast_like(new_x, inputs.replica_params),
+        ScaffoldState(control=new_c), client_state=new_ci)
+
+  def traffic(params, payload_bytes, collective):
+    # Δy_i through the run's compressor, Δc_i counted at the same size.
+    return base.one_message(params, payload_bytes, collective) * 2
 
   return base.OuterAlgorithm(
       init=init, sync=sync, reset_inner_state=True, name="scaffold",
-      client_init=_zeros, correct_grad=correct_grad, comm_multiplier=2)
+      client_init=_zeros, local_loss=control_term, traffic=traffic)
 
 
 def _client_update(ci, c, x, y, k, eta_l):
