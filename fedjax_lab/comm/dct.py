@@ -27,8 +27,13 @@ Bytes (exact, per tensor): every block sends k fp32 values and k indices of
 b = ceil(log2(block_size)) bits (b = 0 for a block of size 1), bit-packed per
 tensor: ceil(num_blocks · k · (32 + b) / 8).
 
-This module knows nothing of compressors or replicas; `compress.dct_topk`
-and DeMo (`fedjax_lab.outer.demo`) build on it.
+A plan with `transform=False` cuts a tensor into the same blocks and sends
+them without the DCT (SparseLoCo's chunked top-k); `mean_over_senders` is the
+aggregate of both.
+
+This module knows nothing of compressors or replicas; `compress.dct_topk`,
+DeMo (`fedjax_lab.outer.demo`) and SparseLoCo (`fedjax_lab.outer.sparseloco`)
+build on it.
 """
 
 import functools
@@ -55,6 +60,7 @@ class Plan(NamedTuple):
   view: Tuple[int, ...]
   chunks: Tuple[int, ...]
   k: int
+  transform: bool = True  # False: the blocks are sent as they are (no DCT).
 
   @property
   def block_size(self) -> int:
@@ -128,8 +134,15 @@ def _mat(s: int) -> jax.Array:
 
 
 def forward(x: jax.Array, p: Plan) -> jax.Array:
-  """Tensor -> DCT coefficients [num_blocks, block_size] (float32)."""
+  """Tensor -> DCT coefficients [num_blocks, block_size] (float32); with
+  `p.transform` False, the blocks themselves (SparseLoCo's chunks)."""
   x = jnp.asarray(x, jnp.float32).reshape(p.view)
+  if not p.transform:
+    if len(p.view) == 1:
+      return x.reshape(p.num_blocks, p.block_size)
+    (n1, n2), (s1, s2) = p.view, p.chunks
+    blocks = x.reshape(n1 // s1, s1, n2 // s2, s2).transpose(0, 2, 1, 3)
+    return blocks.reshape(p.num_blocks, p.block_size)
   if len(p.view) == 1:
     (s,) = p.chunks
     rows = x.reshape(-1, s)
@@ -143,6 +156,12 @@ def forward(x: jax.Array, p: Plan) -> jax.Array:
 
 def inverse(c: jax.Array, p: Plan) -> jax.Array:
   """DCT coefficients [num_blocks, block_size] -> tensor of p.shape."""
+  if not p.transform:
+    if len(p.view) == 1:
+      return c.reshape(p.shape)
+    (n1, n2), (s1, s2) = p.view, p.chunks
+    x = c.reshape(n1 // s1, n2 // s2, s1, s2).transpose(0, 2, 1, 3)
+    return x.reshape(p.shape)
   if len(p.view) == 1:
     (s,) = p.chunks
     x = jnp.einsum("ij,bi->bj", _mat(s), c, precision=_HIGHEST)
