@@ -19,6 +19,7 @@ from fedjax_lab.outer.fedprox import fedprox
 from fedjax_lab.outer.papa import papa, papa_2, papa_all
 from fedjax_lab.outer.scaffold import check_inner as check_scaffold_inner
 from fedjax_lab.outer.scaffold import scaffold
+from fedjax_lab.outer.sparseloco import sparseloco
 
 REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "fedavg": fedavg,
@@ -35,6 +36,7 @@ REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "ddp": ddp,
     "demo": demo,
     "scaffold": scaffold,
+    "sparseloco": sparseloco,
 }
 
 
@@ -80,5 +82,6 @@ __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
-    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "Setup", "SyncResult",
+    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "sparseloco", "Setup",
+    "SyncResult",
 ]
