@@ -11,6 +11,7 @@ from fedjax_lab.outer.base import (OuterAlgorithm, ReplicaOps, Setup,
                                    SyncInputs, SyncResult, optax_outer)
 from fedjax_lab.outer.ddp import ddp
 from fedjax_lab.outer.demo import demo
+from fedjax_lab.outer.desloc import desloc, local_adam
 from fedjax_lab.outer.diloco import diloco
 from fedjax_lab.outer.easgd import easgd
 from fedjax_lab.outer.fedavg import fedavg, fedavgm
@@ -37,6 +38,8 @@ REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "demo": demo,
     "scaffold": scaffold,
     "sparseloco": sparseloco,
+    "desloc": desloc,
+    "local_adam": local_adam,
 }
 
 
@@ -82,6 +85,6 @@ __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
-    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "sparseloco", "Setup",
-    "SyncResult",
+    "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "sparseloco", "desloc",
+    "local_adam", "Setup", "SyncResult",
 ]
