@@ -17,6 +17,7 @@ from fedjax_lab.outer.easgd import easgd
 from fedjax_lab.outer.fedavg import fedavg, fedavgm
 from fedjax_lab.outer.fedopt import fedadagrad, fedadam, fedyogi, scale_by_fedopt
 from fedjax_lab.outer.fedprox import fedprox
+from fedjax_lab.outer.noloco import noloco
 from fedjax_lab.outer.papa import papa, papa_2, papa_all
 from fedjax_lab.outer.scaffold import check_inner as check_scaffold_inner
 from fedjax_lab.outer.scaffold import scaffold
@@ -40,6 +41,7 @@ REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "sparseloco": sparseloco,
     "desloc": desloc,
     "local_adam": local_adam,
+    "noloco": noloco,
 }
 
 
@@ -86,5 +88,5 @@ __all__ = [
     "hparams", "optax_outer", "scale_by_fedopt", "ddp", "diloco", "easgd",
     "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "papa",
     "papa_all", "papa_2", "demo", "scaffold", "check_scaffold_inner", "sparseloco", "desloc",
-    "local_adam", "Setup", "SyncResult",
+    "local_adam", "noloco", "Setup", "SyncResult",
 ]
