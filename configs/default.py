@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 150M model; this 0.1M-parameter byte LM trains fastest near 3e-3. b2 =
   # 0.99 and clipping at 1 follow the DiLoCo scaling-laws paper (2503.09799).
   config.inner = ml_collections.ConfigDict()
-  config.inner.optimizer = "adamw"  # 'adamw' (DiLoCo's), or 'sgd' (plain/momentum SGD, e.g. for scaffold).
+  config.inner.optimizer = "adamw"  # 'adamw' (DiLoCo's), 'sgd' (plain/momentum SGD, e.g. for scaffold) or 'muon' (MuLoCo's: Muon on matrices, AdamW on the rest; configs/muloco.py).
   config.inner.steps = 25  # H: inner steps per round (ddp: steps per round, synced each).
   config.inner.batch_size = 16  # B: sequences per replica per inner step.
   config.inner.learning_rate = 3e-3  # Peak inner learning rate.
@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.inner.eps = 1e-8  # Adam ε.
   config.inner.weight_decay = 0.1  # Decoupled weight decay (DiLoCo: 0.1).
   config.inner.grad_clip = 1.0  # Global-norm gradient clipping; 0 = off.
-  config.inner.momentum = 0.0  # inner.optimizer='sgd' only: heavy-ball momentum; 0 = plain SGD.
+  config.inner.momentum = 0.0  # inner.optimizer='sgd': heavy-ball momentum, 0 = plain SGD; 'muon': Muon's momentum μ (MuLoCo: 0.9). Must be 0 for 'adamw'.
 
   # The outer algorithm (fedjax_lab.outer registry).
   config.outer = ml_collections.ConfigDict()
@@ -124,8 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.nonfinite_policy = "drop"  # A diverged replica: 'drop' (count, warn) or 'stop' (error).
   config.train.max_empty_rounds = 3  # This many rounds in a row with no replica left (all non-finite) end the run as 'diverged'; 0 = never.
   config.train.tensorboard = True  # Write TensorBoard event files to the workdir.
-  # A federated population (issue 14): N clients, M = train.num_replicas of
-  # them sampled into the replica slots each round (FedAvg's C·N).
+  # A federated population (README, "Federated populations"): N clients,
+  # M = train.num_replicas of them sampled into the replica slots each round
+  # (FedAvg's C·N).
   config.train.num_clients = 0  # N: clients in the population; 0 = none (M fixed replica shards).
   config.train.clients_per_round = 0  # Clients sampled per round; 0 = train.num_replicas (any other value must equal it).
   config.train.sampling = "uniform"  # Which clients per round: 'uniform' or 'weighted' (by client size).

@@ -1,8 +1,10 @@
-"""The inner optimizer every replica runs: AdamW on an optax schedule."""
+"""The inner optimizer every replica runs (AdamW, SGD or MuLoCo's Muon) on an optax schedule."""
 
 import jax
 import ml_collections
 import optax
+
+from fedjax_lab import muon as muon_lib
 
 
 def make_schedule(inner: ml_collections.ConfigDict,
@@ -47,6 +49,10 @@ def make_inner_opt(inner: ml_collections.ConfigDict,
   gradient (so scaled by the lr, as AdamW's). Weight decay applies to
   matrices only (ndim ≥ 2), not to LayerNorm scales and biases, as is usual
   for transformers.
+  'muon' (MuLoCo's, fedjax_lab.muon): Muon with momentum `momentum` on the
+  kernels, AdamW (b1, b2, eps) on vectors, embeddings and the head; both on
+  the one schedule and `weight_decay`, which (as in MuLoCo) decays every
+  parameter.
   """
   lr = make_schedule(inner, total_steps)
   if inner.optimizer == "sgd":
@@ -55,6 +61,10 @@ def make_inner_opt(inner: ml_collections.ConfigDict,
       parts.insert(0, optax.add_decayed_weights(inner.weight_decay,
                                                 mask=_matrices))
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+  elif inner.optimizer == "muon":
+    tx = muon_lib.muon(lr, momentum=inner.momentum,
+                       weight_decay=inner.weight_decay, eps=inner.eps,
+                       adam_b1=inner.b1, adam_b2=inner.b2)
   else:
     tx = optax.adamw(lr, b1=inner.b1, b2=inner.b2, eps=inner.eps,
                      weight_decay=inner.weight_decay, mask=_matrices)
