@@ -137,11 +137,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How the engine runs replicas (fedjax_lab.engine.Engine).
   config.engine = ml_collections.ConfigDict()
+  # Streaming DiLoCo (arXiv 2501.18512): the params split into P fragments, fragment p synced
+  # after step (p+1)*H/P of every round; 1, 0, 0.0 is the plain round.
+  config.engine.num_fragments = 1  # P >= 1, dividing inner.steps.
+  config.engine.overlap_steps = 0  # tau in [0, H): inner steps a fragment's outer result lands late.
+  config.engine.merge_alpha = 0.0  # alpha in [0, 1]: merge theta_i <- alpha*theta_i + (1-alpha)*theta.
   config.engine.replica_mode = "auto"  # Replicas on one device: 'vmap' (together), 'sequential' (one at a time, less memory) or 'auto'.
 
   # Devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1  # Shard replicas over this many devices: 0 = none (vmap), -1 = all.
+  config.mesh.min_shard_size = 16384  # State leaves with fewer elements stay whole on the model axis.
   config.mesh.model_devices = 1  # Devices each replica's model is split over (FSDP-style, a 2-D replica x model mesh); must divide the mesh's devices.
 
   return config

@@ -142,6 +142,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
     },
     "engine": {
         "replica_mode": ("str", _one_of(REPLICA_MODES)),
+        "num_fragments": ("int", POSITIVE),
+        "overlap_steps": ("int", NONNEG),
+        "merge_alpha": ("float", _range(0.0, 1.0)),
     },
     "train": {
         "num_replicas": ("int", POSITIVE),
@@ -165,6 +168,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
     "mesh": {
         "num_devices": ("int", _range(-1)),
         "model_devices": ("int", _range(1)),
+        "min_shard_size": ("int", POSITIVE),
     },
 }
 

@@ -598,6 +598,10 @@ def get(name: str, **hparams) -> Compressor:
         f"compression: unknown compressor {name!r}; known: {sorted(_REGISTRY)}")
   ef = hparams.pop("ef", False)
   _check_bool(name, "ef", ef)
+  if ef and name == "none":
+    raise ValueError("compression: none: ef=True keeps the residual of a "
+                     "lossy compressor, and 'none' loses nothing; choose a "
+                     "compressor (e.g. 'int8') or ef=False")
   factory = _REGISTRY[name]
   params = inspect.signature(factory).parameters
   takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD

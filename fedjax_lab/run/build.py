@@ -19,7 +19,6 @@ under sampling (config_validation.check_population).
 
 import copy
 import functools
-import inspect
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -35,6 +34,8 @@ from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.engine import Engine, replica_mesh
+from fedjax_lab.fragments import FragmentSchedule
+from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
 from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import schedule as schedule_lib
@@ -231,9 +232,7 @@ def _engine(config, task, schedule_steps: int, loss_fn,
                         f"num_clients={n} (or unset), got "
                         f"{hparams['num_clients']}")
     hparams["num_clients"] = n
-  mode = config.engine.replica_mode
-  if mode != "auto" or "replica_mode" in inspect.signature(Engine).parameters:
-    kwargs["replica_mode"] = mode
+  ec = config.engine
   try:
     return Engine(
         loss_fn or task.loss_fn,
@@ -242,9 +241,33 @@ def _engine(config, task, schedule_steps: int, loss_fn,
         num_replicas=config.train.num_replicas, inner_steps=inner_steps,
         mesh=mesh, compressor=compress_lib.get(
             config.comm.compressor, **config_validation.comm_hparams(config)),
-        **kwargs)
+        replica_mode=ec.replica_mode,
+        fragments=FragmentSchedule(ec.get("num_fragments", 1),
+                                   ec.get("overlap_steps", 0),
+                                   ec.get("merge_alpha", 0.0)),
+        min_shard_size=config.mesh.get("min_shard_size",
+                                       DEFAULT_MIN_SHARD_SIZE))
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"engine: {e}") from None
+    raise ConfigError(engine_error(e)) from None
+
+
+# Where the engine's and the algorithms' refusals come from in the config.
+_ENGINE_FIELDS = {"num_fragments": "engine.num_fragments",
+                  "overlap_steps": "engine.overlap_steps",
+                  "merge_alpha": "engine.merge_alpha",
+                  "outer": "outer.name", "compressor": "comm.compressor",
+                  "group_size": "outer.hparams.group_size",
+                  "inner.optimizer": "inner.optimizer"}
+
+
+def engine_error(error: Exception) -> str:
+  """An engine or algorithm refusal, under the config field it is about."""
+  text = " ".join(str(error).split())
+  head, _, rest = text.partition(" ")
+  for key, field in _ENGINE_FIELDS.items():
+    if head.rstrip(":") == key:
+      return f"{field}: {rest}" if head.endswith(":") else f"{field}: {text}"
+  return f"engine: {text}"
 
 
 def check_compiled_memory(config, engine: Engine, params, example_batch,
@@ -361,6 +384,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
         engine.mesh, engine.num_replicas, engine.axis_name if engine.mesh
         else None)
   params = task.init(jax.random.PRNGKey(config.model.init_seed))
+  try:
+    engine.check(params)
+  except ValueError as e:
+    raise ConfigError(engine_error(e)) from None
   check_compiled_memory(config, engine, params,
                         train_src.get_batch(np.zeros(
                             [config.inner.batch_size], np.int64)),
