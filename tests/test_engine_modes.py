@@ -147,7 +147,7 @@ def test_streaming_accepts_exactly_the_rules_that_restart(name):
 
 
 def test_fedprox_over_easgd_is_not_streamable():
-  with pytest.raises(ValueError, match="not supported"):
+  with pytest.raises(ValueError, match="cannot be streamed"):
     fedjax_lab.StreamingEngine(
         loss_fn, inner_opt=optax.sgd(0.1),
         outer=outer.get("fedprox", outer="easgd"), num_replicas=M,
@@ -204,10 +204,19 @@ def test_eval_params_survive_the_next_round(mesh_devices):
   np.testing.assert_array_equal(values[-1], np.asarray(state.params["w1"]))
 
 
-def test_auto_mode_is_a_known_mode():
+@pytest.mark.parametrize("m, mesh_devices, expected", [
+    (2, 0, "vmap"), (7, 0, "vmap"), (8, 0, "sequential"), (16, 0, "sequential"),
+    (16, 2, "sequential"), (8, 2, "vmap"), (16, 8, "vmap")])
+def test_auto_mode_follows_the_readme_rule(m, mesh_devices, expected):
+  """On CPU, 'auto' is sequential from 8 replicas per device, else vmap."""
+  assert jax.default_backend() == "cpu"
+  mesh = fedjax_lab.replica_mesh(mesh_devices) if mesh_devices else None
   engine = fedjax_lab.Engine(loss_fn, inner_opt=optax.sgd(0.1), outer="fedavg",
-                             num_replicas=2, inner_steps=1)
-  assert engine.replica_mode in ("vmap", "sequential")
+                             num_replicas=m, inner_steps=1, mesh=mesh)
+  assert engine.replica_mode == expected
+
+
+def test_unknown_mode_is_refused():
   with pytest.raises(ValueError, match="replica_mode"):
     fedjax_lab.Engine(loss_fn, inner_opt=optax.sgd(0.1), outer="fedavg",
                       num_replicas=2, inner_steps=1, replica_mode="threads")

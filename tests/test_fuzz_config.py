@@ -1,19 +1,21 @@
-"""Fuzz: generated bad configs, validated in process.
+"""Fuzz: generated bad configs, through the real command line.
 
-Every one must be refused by `train_and_evaluate` before anything is
-written, with one line naming the field, and the entry points' `cli.fail`
-turns that into exit code 2.
+Every one is given to experiments/run.py as `--config.<field>=<value>` flags
+and must be refused before anything is written, with exit code 2 and one
+line naming the field. The entry point runs in this process (its `main`
+after `cli.parse_flags`, what `app.run` calls), so 240 cases cost no process
+starts; tests/test_run_defects.py starts it as a subprocess.
 """
 
+import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
 
 from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
-from configs import smoke
 from fedjax_lab import cli
-from fedjax_lab import run as run_lib
 
 NUM_CASES = 240
 # Ranges a generated value must leave (field: (kind, lo, hi or None)).
@@ -133,28 +135,67 @@ def data_dir(tmp_path_factory):
   return path
 
 
+def _run_py():
+  """experiments/run.py as a module (its flags defined once per process)."""
+  name = "_fuzz_experiments_run_py"
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "experiments", "run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+  return sys.modules[name]
+
+
+def _flag_value(value):
+  """A generated value as it would be typed on the command line."""
+  return value if isinstance(value, str) else repr(value)
+
+
+def _reset_flags():
+  """Back to the state before parsing: config_flags defines one flag per
+  `--config.<field>` override while parsing; those go."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for name in list(flags.FLAGS):
+    if name.startswith("config."):
+      delattr(flags.FLAGS, name)
+  flags.FLAGS.unparse_flags()
+
+
+def run_py_in_process(argv, monkeypatch):
+  """The exit code of `run.py argv` run as app.run runs it (sys.argv set,
+  flags parsed by `cli.parse_flags`, then `main`); None when it returned."""
+  main = _run_py().main
+  argv = ["run.py", *argv]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides.
+  _reset_flags()
+  try:
+    main(cli.parse_flags(argv))
+  except SystemExit as e:
+    return e.code
+  finally:
+    _reset_flags()
+  return None
+
+
+# config_flags loads the config file anew at every parse.
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 def test_every_generated_bad_config_is_one_line_naming_the_field_exit_2(
-    tmp_path, data_dir, capsys):
-  base = smoke.get_config()
-  base.data.data_dir = str(data_dir)
-  base.train.tensorboard = False
+    tmp_path, data_dir, capsys, monkeypatch):
+  smoke = os.path.join(REPO, "configs", "smoke.py")
   failures = []
+  capsys.readouterr()
   for i, (overrides, field) in enumerate(generate()):
     workdir = tmp_path / f"case{i}"
-    try:
-      config = run_lib.apply_overrides(base, overrides)
-      run_lib.train_and_evaluate(config, str(workdir))
-    except run_lib.ConfigError as e:
-      message = str(e)
-    else:
-      failures.append((overrides, "accepted"))
-      continue
-    with pytest.raises(SystemExit) as exit_info:
-      cli.fail(2, f"config: {message}")
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    if (exit_info.value.code != 2 or len(lines) != 1 or field not in lines[0]
-        or len(lines[0]) > 700 or workdir.exists()):
-      failures.append((overrides, err))
+    argv = [f"--config={smoke}", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}",
+            "--config.train.tensorboard=False"]
+    argv += [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
+    code = run_py_in_process(argv, monkeypatch)
+    captured = capsys.readouterr()
+    lines = [s for s in captured.err.splitlines() if s.strip()]
+    if (code != 2 or len(lines) != 1 or not lines[0].startswith("error:")
+        or field not in lines[0] or len(lines[0]) > 700 or workdir.exists()):
+      failures.append((overrides, code, captured.err[-600:]))
   assert not failures, failures[:5]
   assert not os.listdir(tmp_path)  # Nothing written, for any case.

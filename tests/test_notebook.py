@@ -1,4 +1,9 @@
-"""notebooks/quickstart.ipynb runs top to bottom (tiny: FEDJAX_LAB_SMOKE=1)."""
+"""notebooks/quickstart.ipynb runs top to bottom (tiny: FEDJAX_LAB_SMOKE=1).
+
+No per-cell time limit (a wall-clock assertion that fails on a loaded
+machine); the whole test is bounded generously by pytest-timeout instead, so
+a hung kernel still ends it.
+"""
 
 import os
 
@@ -10,16 +15,19 @@ NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   monkeypatch.setenv("FEDJAX_LAB_SMOKE", "1")
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  # The notebook's workdirs (tempfile.mkdtemp) go under this test's directory.
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
-      nb, timeout=120, kernel_name="python3",
+      nb, timeout=None, kernel_name="python3",
       resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})
   client.execute()
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -30,3 +38,4 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   streams = "".join(o.get("text", "") for o in outputs
                     if o.output_type == "stream")
   assert "ETA" in streams and "round " in streams
+  assert [p.name for p in tmp_path.glob("fedjax_lab_quickstart_*")]

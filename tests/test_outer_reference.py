@@ -7,6 +7,8 @@ or keeping the inner state matters), 3 rounds; the global params after every
 round must agree to 1e-5.
 """
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,9 +143,9 @@ class Ref:
           reps = [a * p + (1 - a) * mean for p in locals_]
         elif self.name == "papa_all":
           reps = [mean.copy() for _ in range(m)]
-        else:
-          assert m == 2  # One pair: both become the pair's mean.
-          reps = [mean.copy() for _ in range(m)]
+        else:  # papa_2: each replica becomes its pair's mean.
+          partner = papa_2_partners(r, m)
+          reps = [0.5 * (locals_[i] + locals_[partner[i]]) for i in range(m)]
         g = mean
         reset = False
       else:
@@ -181,7 +183,7 @@ CASES = [
 @pytest.mark.parametrize("name,hp", CASES,
                          ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_matches_numpy_reference(name, hp):
-  m = 2 if name == "papa_2" else 3
+  m = 4 if name == "papa_2" else 3
   xs, ys = make_data(m)
   theta0 = np.array([0.1, -0.2, 0.3, 0.05])
   expected = Ref(name, hp, m).run(xs, ys, theta0)
@@ -200,4 +202,81 @@ def test_matches_numpy_reference(name, hp):
                                err_msg=f"{name} round {r}")
   # demo and scaffold have their own references (tests/test_demo.py,
   # tests/test_scaffold.py).
-  assert set(outer.names()) - {"demo", "scaffold"} <= {n for n, _ in CASES}
+  # These have reference tests of their own (test_demo.py, test_scaffold.py,
+  # test_sparseloco.py, test_desloc.py, test_noloco.py).
+  own = {"demo", "scaffold", "sparseloco", "desloc", "local_adam", "noloco"}
+  assert set(outer.names()) - own <= {n for n, _ in CASES}
+
+
+# ---------------------------------------------------------------------------
+# papa_2 at M = 4 and 6: every replica equals its pair's mean; a replica whose
+# partner sat out keeps its own params.
+
+
+def papa_2_partners(r, m, seed=0):
+  """Round r's pairing: the round's sync key (fedjax_lab/sync.py round_keys:
+  the first half of split(fold_in(PRNGKey(seed), r))) drawn into disjoint
+  pairs by `fedjax_lab.outer.papa.random_pairs`. Checked to be a perfect matching."""
+  key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), r))[0]
+  papa_module = importlib.import_module("fedjax_lab.outer.papa")
+  partner = np.asarray(papa_module.random_pairs(key, m))
+  assert sorted(partner) == list(range(m))
+  np.testing.assert_array_equal(partner[partner], np.arange(m))
+  assert np.all(partner != np.arange(m))  # Even M: nobody is left alone.
+  return partner
+
+
+def papa_2_reference(xs, ys, theta0, m, masks):
+  """(global θ, replica θs) after every round; replicas keep their momentum.
+
+  Replicas that take part train H steps; the global model is the mean of
+  their results; each of them becomes the mean of itself and its partner if
+  the partner took part, and stays as it is otherwise. A replica that sat out
+  discards its steps (and their momentum) and restarts from the global
+  model.
+  """
+  g = theta0.copy()
+  reps = [theta0.copy() for _ in range(m)]
+  moms = [np.zeros_like(theta0) for _ in range(m)]
+  out = []
+  for r, mask in enumerate(masks):
+    new = [local_steps(reps[i], moms[i], xs[r, i], ys[r, i], g, 0.0)
+           for i in range(m)]
+    locals_ = [n[0] for n in new]
+    moms = [new[i][1] if mask[i] else moms[i] for i in range(m)]
+    g = np.mean([locals_[i] for i in range(m) if mask[i]], 0)
+    partner = papa_2_partners(r, m)
+    reps = [(0.5 * (locals_[i] + locals_[partner[i]]) if mask[partner[i]]
+             else locals_[i]) if mask[i] else g.copy() for i in range(m)]
+    out.append((g.copy(), [p.copy() for p in reps]))
+  return out
+
+
+@pytest.mark.parametrize("m", [4, 6])
+def test_papa_2_matches_pairwise_reference_with_a_partner_out(m):
+  xs, ys = make_data(m)
+  theta0 = np.array([0.1, -0.2, 0.3, 0.05])
+  # Round 1: replica 0 sits out, so its partner keeps its own params.
+  masks = [np.ones(m, bool), np.arange(m) != 0, np.ones(m, bool)]
+  expected = papa_2_reference(xs, ys, theta0, m, masks)
+  lonely = papa_2_partners(1, m)[0]  # Replica 0's partner in round 1.
+  engine = fedjax_lab.Engine(
+      loss_fn, inner_opt=optax.sgd(INNER_LR, momentum=INNER_MOM),
+      outer=outer.get("papa_2"), num_replicas=m, inner_steps=H)
+  state = engine.init({"w": jnp.asarray(theta0[:D], jnp.float32),
+                       "b": jnp.asarray(theta0[D], jnp.float32)})
+  flat = lambda t, *i: np.concatenate([np.asarray(t["w"][i]).reshape(-1),
+                                       np.asarray(t["b"][i]).reshape(-1)])
+  for r in range(ROUNDS):
+    batch = {"x": xs[r].astype(np.float32), "y": ys[r].astype(np.float32)}
+    state, _ = engine.round(state, batch, mask=masks[r])
+    g_ref, reps_ref = expected[r]
+    np.testing.assert_allclose(flat(engine.eval_params(state)), g_ref,
+                               rtol=1e-5, atol=1e-5, err_msg=f"round {r}")
+    for i in range(m):
+      np.testing.assert_allclose(
+          flat(state.replica_params, i), reps_ref[i], rtol=1e-5, atol=1e-5,
+          err_msg=f"round {r} replica {i}")
+    if r == 1:  # The lonely replica is not any pair's mean.
+      assert not any(np.allclose(reps_ref[lonely], reps_ref[j], atol=1e-3)
+                     for j in range(m) if j != lonely)

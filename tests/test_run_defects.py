@@ -14,10 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from _runner_util import popen_cli, run_cli  # Puts the repo root on sys.path.
+from _runner_util import popen_cli  # Puts the repo root on sys.path.
+from _runner_util import run_cli  # Puts the repo root on sys.path.
 from configs import smoke
 from fedjax_lab import checkpoint
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 from fedjax_lab.metrics import read_rows
 
 SMOKE = "--config=configs/smoke.py"
@@ -39,7 +40,7 @@ def cli(data_dir, workdir, *args, script="run.py", **kwargs):
 
 
 def error_line(proc):
-  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  lines = [s for s in proc.stderr.splitlines() if s.startswith("error:")]
   assert len(lines) == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   return lines[0]
@@ -56,7 +57,7 @@ def smoke_config(data_dir, **overrides):
   config = smoke.get_config()
   config.data.data_dir = str(data_dir)
   config.train.tensorboard = False
-  return train.apply_overrides(config, overrides)
+  return run_lib.apply_overrides(config, overrides)
 
 
 def restore_raw(ckpt_dir, step):
@@ -104,7 +105,7 @@ def test_run_with_no_participant_ends_diverged_with_valid_json(
   if policy == "drop":
     assert summary["status"] == "diverged"
     assert summary["empty_rounds"] == 3  # train.max_empty_rounds.
-  rows = [strict_json(l) for l in
+  rows = [strict_json(line) for line in
           (workdir / "metrics.jsonl").read_text().splitlines()]
   for row in rows:
     if row.get("train/participants") == 0:
@@ -130,8 +131,8 @@ def test_nonfinite_eval_is_diverged_under_drop(tmp_path, data_dir,
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 2,
                                      "train.checkpoint_every": 1})
   workdir = tmp_path / "run"
-  with pytest.raises(train.Diverged, match="eval loss"):
-    train.train_and_evaluate(config, str(workdir))
+  with pytest.raises(run_lib.Diverged, match="eval loss"):
+    run_lib.train_and_evaluate(config, str(workdir))
   summary = strict_json((workdir / "summary.json").read_text())
   assert summary["status"] == "diverged" and summary["rounds"] == 2
   assert summary["final_eval"]["loss"] is None
@@ -191,17 +192,30 @@ def test_bad_workdirs_and_data_dirs_exit_2_before_loading(tmp_path, data_dir):
   assert a_file.read_text() == "keep me"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
-def test_unwritable_workdir_and_readonly_data_dir(tmp_path, data_dir):
+def test_unwritable_workdir_and_data_dir(tmp_path, data_dir):
+  """A workdir or data dir that cannot be made: a path under a regular file
+  (ENOTDIR holds for root too, which ignores permission bits). Where the
+  test does not run as root, a directory without write permission as well."""
   from fedjax_lab.run import build  # pylint: disable=g-import-not-at-top
-  locked = tmp_path / "locked"
-  locked.mkdir(mode=0o500)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("keep me")
   config = smoke_config(data_dir)
-  with pytest.raises(train.ConfigError, match="--workdir"):
-    build.build_run(config, str(locked / "run"))
-  config.data.data_dir = str(locked)
-  with pytest.raises(train.ConfigError, match="data.data_dir"):
+  with pytest.raises(run_lib.ConfigError, match="--workdir"):
+    build.build_run(config, str(a_file / "run"))
+  config.data.data_dir = str(a_file / "tfds")
+  with pytest.raises(run_lib.ConfigError, match="data.data_dir"):
     build.build_run(config, str(tmp_path / "run"))
+  assert a_file.read_text() == "keep me"
+  assert not (tmp_path / "run").exists()
+  if os.geteuid() != 0:  # Permission bits bind everyone else.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    config = smoke_config(data_dir)
+    with pytest.raises(run_lib.ConfigError, match="--workdir"):
+      build.build_run(config, str(locked / "run"))
+    config.data.data_dir = str(locked)
+    with pytest.raises(run_lib.ConfigError, match="data.data_dir"):
+      build.build_run(config, str(tmp_path / "run"))
 
 
 # 5. One run per workdir.
@@ -318,7 +332,7 @@ def test_long_causes_keep_their_end():
 def test_bit_flipped_checkpoint_falls_back(tmp_path, data_dir, caplog):
   workdir = tmp_path / "run"
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 0})
-  train.train_and_evaluate(config, str(workdir))
+  run_lib.train_and_evaluate(config, str(workdir))
   step_dir = workdir / "checkpoints" / "4"
   files = [p for p in step_dir.rglob("*") if p.is_file()]
   largest = max(files, key=lambda p: p.stat().st_size)
@@ -328,7 +342,7 @@ def test_bit_flipped_checkpoint_falls_back(tmp_path, data_dir, caplog):
     data[i] ^= 0xFF
   largest.write_bytes(bytes(data))
   config.train.rounds = 6
-  summary = train.train_and_evaluate(config, str(workdir))
+  summary = run_lib.train_and_evaluate(config, str(workdir))
   assert summary["resumed_from"] == 2 and summary["rounds"] == 6
   assert os.listdir(workdir / "corrupt_checkpoints")
   assert "SHA-256" in caplog.text
@@ -341,13 +355,13 @@ def test_truncated_metrics_line_is_rewritten_on_resume(tmp_path, data_dir):
   workdir = tmp_path / "run"
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 2,
                                      "train.log_every": 1})
-  train.train_and_evaluate(config, str(workdir))
+  run_lib.train_and_evaluate(config, str(workdir))
   path = workdir / "metrics.jsonl"
   complete = read_rows(str(path))
   text = path.read_text()
   path.write_text(text[:len(text) - len(text.splitlines()[-1]) // 2 - 1])
   config.train.rounds = 6
-  train.train_and_evaluate(config, str(workdir))
+  run_lib.train_and_evaluate(config, str(workdir))
   rows = read_rows(str(path))
   assert rows[:len(complete)] == complete  # The cut row is back.
   assert [r["round"] for r in rows if r["kind"] == "train"] == list(range(1, 7))
@@ -386,7 +400,7 @@ def test_check_base_overrides():
 def test_progress_shows_when_called_from_python(tmp_path, data_dir, capsys):
   config = smoke_config(data_dir, **{"train.rounds": 2,
                                      "train.checkpoint_every": 0})
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  run_lib.train_and_evaluate(config, str(tmp_path / "run"))
   out = capsys.readouterr().out
   assert "round 2/2" in out and "ETA" in out and "done:" in out
 
@@ -435,5 +449,5 @@ def test_workdirs_of_the_previous_schema_still_resume(tmp_path):
   assert workdir.check_resumable(str(tmp_path), config) is not None
   old["inner"]["learning_rate"] = 1.0
   (tmp_path / "config.json").write_text(json.dumps(old))
-  with pytest.raises(train.ConfigError, match="inner.learning_rate"):
+  with pytest.raises(run_lib.ConfigError, match="inner.learning_rate"):
     workdir.check_resumable(str(tmp_path), config)

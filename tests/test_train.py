@@ -10,14 +10,16 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from _fault import nan_fault
-from _runner_util import popen_cli, run_cli  # Puts the repo root on sys.path.
+from _runner_util import popen_cli  # Puts the repo root on sys.path.
+from _runner_util import run_cli  # Puts the repo root on sys.path.
 from configs import smoke
 from fedjax_lab import distributed
-from fedjax_lab import train
+from fedjax_lab import run as run_lib
 from fedjax_lab.metrics import read_rows
 
 
@@ -34,7 +36,7 @@ def smoke_config(data_dir, **overrides):
   config = smoke.get_config()
   config.data.data_dir = str(data_dir)
   config.train.tensorboard = False
-  return train.apply_overrides(config, overrides)
+  return run_lib.apply_overrides(config, overrides)
 
 
 def _finite(x):
@@ -149,7 +151,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_tmp_is_ignored(
     tmp_path, data_dir):
   workdir = str(tmp_path / "run")
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 0})
-  train.train_and_evaluate(config, workdir)
+  run_lib.train_and_evaluate(config, workdir)
   ckpts = os.path.join(workdir, "checkpoints")
   assert sorted(int(p) for p in os.listdir(ckpts) if p.isdigit()) == [2, 4]
   # A save killed half-way leaves a tmp directory: never listed or used.
@@ -160,7 +162,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_tmp_is_ignored(
     path = os.path.join(state_dir, name)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
   config.train.rounds = 6
-  summary = train.train_and_evaluate(config, workdir)
+  summary = run_lib.train_and_evaluate(config, workdir)
   assert summary["resumed_from"] == 2 and summary["rounds"] == 6
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))
   assert _finite(summary["final_eval"]["loss"])
@@ -170,20 +172,20 @@ def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(
     tmp_path, data_dir):
   workdir = str(tmp_path / "run")
   config = smoke_config(data_dir, **{"train.rounds": 2, "train.eval_every": 0})
-  train.train_and_evaluate(config, workdir)
+  run_lib.train_and_evaluate(config, workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "2", "state"))
-  with pytest.raises(train.CheckpointError, match="can be restored"):
-    train.train_and_evaluate(config, workdir)
+  with pytest.raises(run_lib.CheckpointError, match="can be restored"):
+    run_lib.train_and_evaluate(config, workdir)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))  # Left alone.
 
 
 def test_resume_with_another_config_is_a_config_error(tmp_path, data_dir):
   workdir = str(tmp_path / "run")
   config = smoke_config(data_dir, **{"train.rounds": 2, "train.eval_every": 0})
-  train.train_and_evaluate(config, workdir)
+  run_lib.train_and_evaluate(config, workdir)
   config.inner.learning_rate = 1e-4
-  with pytest.raises(train.ConfigError, match="inner.learning_rate"):
-    train.train_and_evaluate(config, workdir)
+  with pytest.raises(run_lib.ConfigError, match="inner.learning_rate"):
+    run_lib.train_and_evaluate(config, workdir)
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def test_nan_replica_is_dropped_and_run_finishes_finite(tmp_path, data_dir,
       "train.nonfinite_policy": "drop", "outer.name": algorithm,
       "outer.hparams": {} if algorithm == "ddp" else {"learning_rate": 0.7}})
   workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(config, workdir, **nan_fault(3, 1))
+  summary = run_lib.train_and_evaluate(config, workdir, **nan_fault(3, 1))
   assert summary["status"] == "completed"
   assert summary["nonfinite_replicas"] == 1
   assert _finite(summary["final_eval"]["loss"])
@@ -255,7 +257,7 @@ def test_optax_schedule_matches_the_definition(decay, warmup, total):
   inner = smoke.get_config().inner
   inner.learning_rate, inner.warmup_steps = 0.3, warmup
   inner.final_lr_fraction, inner.decay = 0.1, decay
-  sched = train.make_schedule(inner, total_steps=total)
+  sched = run_lib.make_schedule(inner, total_steps=total)
   lrs = np.array([float(sched(t)) for t in range(total + 4)])
   np.testing.assert_allclose(
       lrs, _reference_lrs(0.3, warmup, 0.1, decay, total, total + 4),
@@ -266,7 +268,7 @@ def test_schedule_warmup_then_cosine():
   config = smoke.get_config()
   inner = config.inner
   inner.learning_rate, inner.warmup_steps, inner.final_lr_fraction = 1.0, 4, 0.1
-  sched = train.make_schedule(inner, total_steps=14)
+  sched = run_lib.make_schedule(inner, total_steps=14)
   lrs = np.array([float(sched(t)) for t in range(15)])
   np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
   np.testing.assert_allclose(lrs[4], 1.0, rtol=1e-6)
@@ -279,7 +281,7 @@ def test_local_replica_ids_single_process():
   import fedjax_lab  # pylint: disable=g-import-not-at-top
   loss = lambda p, b, r: ((p["w"] - b["x"].mean()) ** 2).sum()
   for mesh in (None, fedjax_lab.replica_mesh(jax.device_count())):
-    engine = fedjax_lab.Engine(loss, inner_opt=train.optax.sgd(0.1),
+    engine = fedjax_lab.Engine(loss, inner_opt=optax.sgd(0.1),
                                outer="fedavg", num_replicas=16, inner_steps=1,
                                mesh=mesh)
     assert distributed.local_replica_ids(
@@ -291,7 +293,7 @@ def test_sgd_inner_optimizer_is_heavy_ball_with_matrix_weight_decay():
   inner.optimizer, inner.learning_rate, inner.momentum = "sgd", 0.1, 0.5
   inner.warmup_steps, inner.decay, inner.grad_clip = 0, "constant", 0.0
   inner.weight_decay = 0.01
-  tx = train.make_inner_opt(inner, total_steps=10)
+  tx = run_lib.make_inner_opt(inner, total_steps=10)
   params = {"w": np.array([[1.0, -2.0]], np.float32),
             "b": np.array([3.0], np.float32)}
   grads = {"w": np.array([[0.5, 0.25]], np.float32),
