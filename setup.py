@@ -32,6 +32,7 @@ setuptools.setup(
             "pytest-timeout>=2.3",
             "pytest-xdist>=3.5",
             "nbmake>=1.5",
+            "ruff>=0.6",
         ],
     },
 )

@@ -224,7 +224,10 @@ def measure(task, *, algorithm: str, m: int, mode: str, inner_steps: int,
       "compiled_rounds": compiled_rounds,
       "loss": float(last["loss"]),
   }
-  del holder, batch_in, engine
+  # The closures above keep these names alive; drop what they point to so the
+  # next preset's state fits.
+  holder.clear()
+  fns.clear()
   gc.collect()
   return out
 

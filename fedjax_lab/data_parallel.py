@@ -15,7 +15,8 @@ import optax
 
 from fedjax_lab import replicas as rep
 from fedjax_lab.comm import compress as compress_lib
-from fedjax_lab.local_steps import ReplicaSteps, split_loss
+from fedjax_lab.local_steps import ReplicaSteps
+from fedjax_lab.local_steps import split_loss
 
 
 class DataParallel:

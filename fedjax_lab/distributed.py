@@ -19,9 +19,9 @@ import dataclasses
 import os
 from typing import List, Optional
 
+from absl import logging
 import jax
 import numpy as np
-from absl import logging
 
 ENV_COORDINATOR = "FEDJAX_LAB_COORDINATOR"
 ENV_NUM_PROCESSES = "FEDJAX_LAB_NUM_PROCESSES"

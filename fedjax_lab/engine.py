@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 
 from fedjax_lab import fragments as fragments_lib
 from fedjax_lab import outer as outer_lib
@@ -42,13 +42,21 @@ from fedjax_lab.comm import collectives
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.comm.collectives import Message
 from fedjax_lab.data_parallel import DataParallel
-from fedjax_lab.layout import (DEFAULT_AXIS, DEFAULT_MIN_SHARD_SIZE, MODEL_AXIS,
-                               Layout, replica_mesh)
-from fedjax_lab.local_steps import (REPLICA_MODES, ReplicaSteps,
-                                    default_replica_mode)
-from fedjax_lab.outer.base import OuterAlgorithm, ReplicaOps, check_positive_int
-from fedjax_lab.typing import Batch, LossFn, Params, PRNGKey
-
+from fedjax_lab.layout import DEFAULT_AXIS  # noqa: F401 (re-exported)
+from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
+from fedjax_lab.layout import Layout
+from fedjax_lab.layout import MODEL_AXIS  # noqa: F401 (re-exported)
+from fedjax_lab.layout import replica_mesh  # noqa: F401 (re-exported)
+from fedjax_lab.local_steps import default_replica_mode  # noqa: F401 (re-exported)
+from fedjax_lab.local_steps import REPLICA_MODES  # noqa: F401 (re-exported)
+from fedjax_lab.local_steps import ReplicaSteps
+from fedjax_lab.outer.base import check_positive_int
+from fedjax_lab.outer.base import OuterAlgorithm
+from fedjax_lab.outer.base import ReplicaOps
+from fedjax_lab.typing import Batch
+from fedjax_lab.typing import LossFn
+from fedjax_lab.typing import Params
+from fedjax_lab.typing import PRNGKey
 
 
 @flax.struct.dataclass

@@ -9,9 +9,9 @@ outer state. Reductions over replicas run on the replica axis only.
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 DEFAULT_AXIS = "replicas"
 MODEL_AXIS = "model"

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.outer.base import LocalContext, OuterAlgorithm
+from fedjax_lab.outer.base import LocalContext
+from fedjax_lab.outer.base import OuterAlgorithm
 from fedjax_lab.typing import LossFn
 
 REPLICA_MODES = ("auto", "vmap", "sequential")

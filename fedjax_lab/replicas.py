@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.outer.base import ReplicaOps
 from fedjax_lab.outer.base import broadcast_like as broadcast_to  # noqa: F401
+from fedjax_lab.outer.base import ReplicaOps
 
 
 def select(pred: jax.Array, on_true, on_false):

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from _runner_util import REPO, run_cli
+from _runner_util import REPO
+from _runner_util import run_cli
 from configs import compare as compare_config
 from fedjax_lab import config_validation
 from fedjax_lab import run as run_lib
@@ -167,7 +168,7 @@ def test_bad_config_exits_2_naming_the_field(case, tmp_path):
                                    f"--config.data.data_dir={data_dir}"],
                  data_dir=data_dir, devices=2, timeout=120)
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
   assert len(errors) == 1, proc.stderr[-2000:]
   assert field in errors[0], errors[0]
   assert "Traceback" not in proc.stderr
@@ -175,8 +176,9 @@ def test_bad_config_exits_2_naming_the_field(case, tmp_path):
 
 
 def test_validation_messages_in_process():
-  from configs import smoke  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from configs import smoke  # pylint: disable=g-import-not-at-top
   raw = smoke.get_config().to_dict()
   raw["inner"]["learning_rate"] = "fast"
   config = ml_collections.ConfigDict(raw)

@@ -124,6 +124,7 @@ def _assert_disjoint_sorted(shards):
 def _stdlib_train_files():
   """path -> bytes of the `small` subset's training files, read here."""
   import os  # pylint: disable=g-import-not-at-top
+
   from fedjax_lab.data import stdlib_corpus  # pylint: disable=g-import-not-at-top
   out = {}
   for path in stdlib_corpus.list_files(subset="small"):

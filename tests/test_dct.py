@@ -10,7 +10,6 @@ import pytest
 
 from fedjax_lab.comm import dct
 
-
 # ------------------------------------------------------ numpy reference
 
 

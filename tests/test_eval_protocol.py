@@ -2,7 +2,6 @@
 stratified samples for curves, whole splits for final numbers (batch means
 weighted by size), and outer gradients dropped by a seeded mask."""
 
-import json
 import types
 
 import jax.numpy as jnp

@@ -7,16 +7,17 @@ checkpoints written on one mesh shape restore on others.
 """
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import PartitionSpec as P
 
 import fedjax_lab
 from fedjax_lab import models
 from fedjax_lab import outer
-from test_train import data_dir, smoke_config  # noqa: F401  (a fixture)
+from test_train import data_dir  # noqa: F401  (a fixture)
+from test_train import smoke_config  # noqa: F401  (a fixture)
 
 M, H, B, L = 4, 2, 2, 8
 MIN_SHARD = 256

@@ -92,12 +92,6 @@ def test_run_resumed_on_another_mesh_shape_ends_as_uninterrupted(
                                  atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=run_lib.ConfigError,
-    reason="fedjax_lab/run/workdir.py RESUMABLE_CHANGES lacks "
-    "mesh.model_devices: a resume that changes the model axis is refused, "
-    "though the README says checkpoints restore on any mesh shape "
-    "('Config: mesh.model_devices')")
 def test_run_resumes_with_another_model_axis(data_dir, first_half, tmp_path):
   workdir = tmp_path / "resumed"
   shutil.copytree(first_half, workdir)

@@ -7,6 +7,7 @@ wall-clock and compute utilisation from step times and byte counts.
 """
 
 from fedjax_lab.comm import compress
-from fedjax_lab.comm.compress import Compressor, error_feedback
+from fedjax_lab.comm.compress import Compressor
+from fedjax_lab.comm.compress import error_feedback
 
 __all__ = ["Compressor", "compress", "error_feedback"]

@@ -49,7 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_lab.comm import dct as dct_lib
-from fedjax_lab.typing import Params, PRNGKey, Updates
+from fedjax_lab.typing import Params
+from fedjax_lab.typing import PRNGKey
+from fedjax_lab.typing import Updates
 
 
 class Compressor(NamedTuple):

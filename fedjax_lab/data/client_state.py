@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+
 def format_bytes(n: float) -> str:
   """1536 -> '1.5 KiB'."""
   for unit in ("B", "KiB", "MiB", "GiB"):

@@ -27,9 +27,9 @@ valid for any `replica_ids`, since the position is shared.
 import queue
 import threading
 import time
+from typing import Any, Dict, Optional, Sequence
 import weakref
 import zlib
-from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 

@@ -151,8 +151,9 @@ def corpus_fingerprint(*, subset: str = "full") -> Dict[str, object]:
   Returns:
     A JSON-serialisable dict: corpus, subset, python_version,
     python_implementation, num_files, num_bytes, num_eval_files,
-    num_test_files, eval_fraction, test_fraction, and sha256 over the sorted (path, content) pairs (each path
-    and content length-prefixed, so no two corpora hash alike by concatenation).
+    num_test_files, eval_fraction, test_fraction, and sha256 over the sorted
+    (path, content) pairs (each path and content length-prefixed, so no two
+    corpora hash alike by concatenation).
   """
   return dict(_fingerprint(subset))
 

@@ -20,7 +20,9 @@ import optax
 
 from fedjax_lab.models import classifiers
 from fedjax_lab.models import transformer
-from fedjax_lab.typing import Batch, Params, PRNGKey
+from fedjax_lab.typing import Batch
+from fedjax_lab.typing import Params
+from fedjax_lab.typing import PRNGKey
 
 _LN2 = math.log(2.0)
 

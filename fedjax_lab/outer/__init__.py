@@ -7,18 +7,29 @@ factory takes keyword-only hyperparameters and validates them.
 import inspect
 from typing import Callable, Dict
 
-from fedjax_lab.outer.base import (OuterAlgorithm, ReplicaOps, Setup,
-                                   SyncInputs, SyncResult, optax_outer)
+from fedjax_lab.outer.base import optax_outer
+from fedjax_lab.outer.base import OuterAlgorithm
+from fedjax_lab.outer.base import ReplicaOps
+from fedjax_lab.outer.base import Setup
+from fedjax_lab.outer.base import SyncInputs
+from fedjax_lab.outer.base import SyncResult
 from fedjax_lab.outer.ddp import ddp
 from fedjax_lab.outer.demo import demo
-from fedjax_lab.outer.desloc import desloc, local_adam
+from fedjax_lab.outer.desloc import desloc
+from fedjax_lab.outer.desloc import local_adam
 from fedjax_lab.outer.diloco import diloco
 from fedjax_lab.outer.easgd import easgd
-from fedjax_lab.outer.fedavg import fedavg, fedavgm
-from fedjax_lab.outer.fedopt import fedadagrad, fedadam, fedyogi, scale_by_fedopt
+from fedjax_lab.outer.fedavg import fedavg
+from fedjax_lab.outer.fedavg import fedavgm
+from fedjax_lab.outer.fedopt import fedadagrad
+from fedjax_lab.outer.fedopt import fedadam
+from fedjax_lab.outer.fedopt import fedyogi
+from fedjax_lab.outer.fedopt import scale_by_fedopt
 from fedjax_lab.outer.fedprox import fedprox
 from fedjax_lab.outer.noloco import noloco
-from fedjax_lab.outer.papa import papa, papa_2, papa_all
+from fedjax_lab.outer.papa import papa
+from fedjax_lab.outer.papa import papa_2
+from fedjax_lab.outer.papa import papa_all
 from fedjax_lab.outer.scaffold import check_inner as check_scaffold_inner
 from fedjax_lab.outer.scaffold import scaffold
 from fedjax_lab.outer.sparseloco import sparseloco

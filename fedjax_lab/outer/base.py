@@ -38,7 +38,9 @@ import numpy as np
 import optax
 
 from fedjax_lab.comm.collectives import Message
-from fedjax_lab.typing import Params, PRNGKey, Updates
+from fedjax_lab.typing import Params
+from fedjax_lab.typing import PRNGKey
+from fedjax_lab.typing import Updates
 
 OuterState = Any
 

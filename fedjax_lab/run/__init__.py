@@ -19,12 +19,18 @@ page) is apart from the library, in experiments/study/.
 
 from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config_validation import ConfigError
-from fedjax_lab.run.build import Run, build_run
-from fedjax_lab.run.compare import check_base_overrides, run_comparison
-from fedjax_lab.run.overrides import apply_overrides, override_error
-from fedjax_lab.run.loop import Diverged, TrainingStopped, train_and_evaluate
+from fedjax_lab.run.build import build_run
+from fedjax_lab.run.build import Run
+from fedjax_lab.run.compare import check_base_overrides
+from fedjax_lab.run.compare import run_comparison
+from fedjax_lab.run.loop import Diverged
+from fedjax_lab.run.loop import train_and_evaluate
+from fedjax_lab.run.loop import TrainingStopped
+from fedjax_lab.run.overrides import apply_overrides
+from fedjax_lab.run.overrides import override_error
 from fedjax_lab.run.progress import quiet_orbax_logs
-from fedjax_lab.run.schedule import make_inner_opt, make_schedule
+from fedjax_lab.run.schedule import make_inner_opt
+from fedjax_lab.run.schedule import make_schedule
 from fedjax_lab.run.summary import versions
 
 __all__ = [

@@ -33,7 +33,8 @@ from fedjax_lab import local_steps
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.config_validation import ConfigError
-from fedjax_lab.engine import Engine, replica_mesh
+from fedjax_lab.engine import Engine
+from fedjax_lab.engine import replica_mesh
 from fedjax_lab.fragments import FragmentSchedule
 from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
 from fedjax_lab.models import tasks as tasks_lib
@@ -222,7 +223,6 @@ def _engine(config, task, schedule_steps: int, loss_fn,
     mesh = replica_mesh(None if config.mesh.num_devices == -1
                         else config.mesh.num_devices,
                         model_devices=config.mesh.get("model_devices", 1))
-  kwargs = {}
   hparams = config_validation.outer_hparams(config)
   n = config.train.num_clients
   if n and "num_clients" in outer_lib.hparams(config.outer.name):

@@ -10,8 +10,10 @@ import ml_collections
 from fedjax_lab import config_validation
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.run import progress
+from fedjax_lab.run.loop import SUMMARY_FILE
+from fedjax_lab.run.loop import train_and_evaluate
+from fedjax_lab.run.loop import TrainingStopped
 from fedjax_lab.run.overrides import apply_overrides
-from fedjax_lab.run.loop import SUMMARY_FILE, TrainingStopped, train_and_evaluate
 
 
 def check_base_overrides(fields: Iterable[str],

@@ -21,7 +21,6 @@ from fedjax_lab import data as data_lib
 from fedjax_lab.distributed import fetch_replicated
 
 
-
 class Evaluator:
   """Mean task metrics of `engine.eval_params(state)` over fixed batches."""
 

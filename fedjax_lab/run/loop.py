@@ -44,12 +44,14 @@ import numpy as np
 
 from fedjax_lab import data as data_lib
 from fedjax_lab.checkpoint import Checkpointer
-from fedjax_lab.metrics import MetricsWriter, jsonable, write_json
+from fedjax_lab.distributed import fetch_replicated
+from fedjax_lab.metrics import jsonable
+from fedjax_lab.metrics import MetricsWriter
+from fedjax_lab.metrics import write_json
 from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import workdir as workdir_lib
-from fedjax_lab.distributed import fetch_replicated
 from fedjax_lab.run.evaluate import Evaluator
 from fedjax_lab.run.summary import make_summary
 

@@ -12,7 +12,8 @@ from typing import Any, Dict
 
 import ml_collections
 
-from fedjax_lab.config_validation import ConfigError, show
+from fedjax_lab.config_validation import ConfigError
+from fedjax_lab.config_validation import show
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

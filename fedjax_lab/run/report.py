@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from fedjax_lab.comm import netsim
-from fedjax_lab.metrics import METRICS_FILE, read_rows
+from fedjax_lab.metrics import METRICS_FILE
+from fedjax_lab.metrics import read_rows
 
 TABLE_MD = "results.md"
 TABLE_CSV = "results.csv"

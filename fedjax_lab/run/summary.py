@@ -14,6 +14,7 @@ def versions() -> Dict[str, str]:
   """Versions of everything a result depends on."""
   import flax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   import fedjax_lab  # pylint: disable=g-import-not-at-top
   return {"python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": getattr(jax.lib, "__version__", jax.__version__),

@@ -12,7 +12,8 @@ import os
 import socket
 from typing import Any, Dict, Optional, Tuple
 
-from fedjax_lab.config_validation import ConfigError, show
+from fedjax_lab.config_validation import ConfigError
+from fedjax_lab.config_validation import show
 from fedjax_lab.run import progress
 
 CONFIG_FILE = "config.json"
@@ -30,6 +31,7 @@ RESUMABLE_CHANGES = (
     "train.max_empty_rounds", "data.prefetch", "data.data_dir",
     "data.eval_batches", "data.eval_batch_size", "mesh.num_devices",
     "engine.replica_mode", "train.rounds", "data.final_eval_batches",
+    "mesh.model_devices", "mesh.min_shard_size",
 )
 
 
@@ -38,6 +40,8 @@ RESUMABLE_CHANGES = (
 _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "engine.replica_mode": "auto", "inner.optimizer": "adamw",
                  "inner.momentum": 0.0, "mesh.model_devices": 1,
+                 "mesh.min_shard_size": 16384, "engine.num_fragments": 1,
+                 "engine.overlap_steps": 0, "engine.merge_alpha": 0.0,
                  "train.num_clients": 0, "train.clients_per_round": 0,
                  "train.sampling": "uniform", "train.local_epochs": 0,
                  "train.max_local_steps": 0, "train.target_eval_loss": 0.0,
