@@ -26,7 +26,9 @@ Run (the default sweep: 4 arms × 2 seeds, about 10 minutes on 2 CPU cores):
   python experiments/compare.py --config=configs/compare.py --workdir=runs/compare
 Other sweeps (see SWEEPS): --sweep=main_full (every arm × 2 seeds; with the
 same --workdir it reuses the default sweep's runs),
---sweep=tune (the grid, ~25 minutes), --sweep=h, --sweep=scaffold.
+--sweep=tune (the grid, ~25 minutes), --sweep=tune_frontier (the grids of the
+methods published since DiLoCo, added to tuned.json), --sweep=frontier (the
+default arms plus those methods), --sweep=h, --sweep=scaffold.
 A tiny version for tests: --config=configs/compare.py:smoke --sweep=tiny.
 """
 
@@ -55,7 +57,16 @@ DEFAULTS = {
     "papa_2": {},
     "demo": {"learning_rate": 3e-3},
     "scaffold": {"local_lr": 0.1, "server_lr": 1.0},
+    "sparseloco": {"learning_rate": 1.0, "decay": 0.95},
+    "desloc": {"u_every": 3, "v_every": 6},
+    "local_adam": {},
+    "noloco": {"learning_rate": 0.7, "momentum": 0.5, "group_size": 2},
 }
+# MuLoCo is DiLoCo with Muon inside (configs/muloco.py): the paper's outer
+# step (lr 0.9, momentum 0.8) and Muon's μ and λ.
+MULOCO = {"inner.optimizer": "muon", "inner.momentum": 0.9,
+          "inner.weight_decay": 0.00125, "outer.hparams.momentum": 0.8,
+          "outer.hparams.learning_rate": 0.9}
 # The arms of the main comparison: key -> (algorithm, overrides). The M = 1
 # DiLoCo control sees the same M·B sequences per step as ddp, on one replica
 # (`_overrides` sets its B).
@@ -69,7 +80,14 @@ MAIN_ARMS = {
     "fedprox": ("fedprox", {}),
     "papa": ("papa", {}),
     "demo": ("demo", {}),
+    "sparseloco": ("sparseloco", {}),
+    "desloc": ("desloc", {}),
+    "noloco": ("noloco", {}),
+    "muloco": ("diloco", MULOCO),
 }
+# The methods published since DiLoCo (FRONTIER_ARMS, below) are tuned by
+# --sweep=tune_frontier, which adds their points to configs/tuned.json and
+# keeps the others.
 DEFAULT_ARMS = ("ddp", "diloco", "diloco_m1", "fedadam")  # ~10 CPU minutes.
 DEFAULT_SEEDS = (0, 1)  # Also --sweep=main_full's (which reuses the default's runs).
 # The tuning grid per arm: the inner lr (DeMo has none: its sign-SGD step has
@@ -85,9 +103,20 @@ _OUTER_GRID = {
     "fedprox": {"outer.hparams.mu": (0.001, 0.01, 0.1)},
     "papa": {"outer.hparams.alpha": (0.5, 0.9, 0.975)},
     "demo": {"outer.hparams.learning_rate": (1e-3, 3e-3, 1e-2)},
+    # The frontier arms (FRONTIER_ARMS) get one axis of 3 points (the CPU
+    # budget): their AdamW inner lr is DiLoCo's tuned 1e-2; MuLoCo's outer
+    # step is the paper's, and Muon's lr (another scale: paper 0.044) is
+    # what it varies.
+    "sparseloco": {"outer.hparams.learning_rate": (0.7, 1.0, 1.4)},
+    "desloc": {"outer.hparams.u_every": (1, 3, 6)},
+    "noloco": {"outer.hparams.learning_rate": (0.5, 0.7, 0.9)},
+    "muloco": {"inner.learning_rate": (0.01, 0.02, 0.044)},
 }
-TUNE_GRID = {key: ({} if key == "demo" else {"inner.learning_rate": INNER_LRS})
-             | grid for key, grid in _OUTER_GRID.items()}
+FRONTIER_ARMS = ("sparseloco", "desloc", "noloco", "muloco")
+TUNE_GRID = {key: ({} if key == "demo" else
+                   {"inner.learning_rate": (1e-2,)} if key in FRONTIER_ARMS
+                   else {"inner.learning_rate": INNER_LRS}) | grid
+             for key, grid in _OUTER_GRID.items()}
 TUNE_FRACTION = 4  # Tuning runs a quarter of the budget.
 TUNE_SEED = 0
 TUNED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -215,10 +244,13 @@ def tuning_arms(config, keys=tuple(MAIN_ARMS), fraction: int = TUNE_FRACTION):
 
 
 def after_sweep(name: str, config, results, workdir: str) -> None:
-  """After --sweep=tune: choose on validation, save configs/tuned.json."""
-  if name not in ("tune", "tiny_tune"):
+  """After --sweep=tune: choose on validation, save configs/tuned.json
+  (--sweep=tune_frontier adds its arms' choices to the file's others)."""
+  if name not in ("tune", "tiny_tune", "tune_frontier"):
     return
   chosen = tuning.choose(results)
+  if name == "tune_frontier":
+    chosen = {**tuning.load(TUNED_FILE)["settings"], **chosen}
   protocol = {
       "selected_on": "final loss on the validation split (whole split), "
                      "lowest wins; the test split is not read",
@@ -228,7 +260,8 @@ def after_sweep(name: str, config, results, workdir: str) -> None:
       "grid": {k: {f: list(v) for f, v in g.items()}
                for k, g in TUNE_GRID.items()},
   }
-  path = TUNED_FILE if name == "tune" else os.path.join(workdir, "tuned.json")
+  path = (TUNED_FILE if name in ("tune", "tune_frontier")
+          else os.path.join(workdir, "tuned.json"))
   tuning.save(path, chosen, protocol=protocol)
   with open(os.path.join(workdir, "tuning.md"), "w") as f:
     f.write(tuning.markdown(chosen))
@@ -245,6 +278,16 @@ def _main_full(config):
 
 def _tune(config):
   return tuning_arms(config)
+
+
+def _tune_frontier(config):
+  return tuning_arms(config, FRONTIER_ARMS)
+
+
+def _frontier(config):
+  """The default sweep's arms plus the frontier methods, over its seeds."""
+  return _default(config) + [tuned_arm(config, k, seed=s)
+                             for k in FRONTIER_ARMS for s in DEFAULT_SEEDS]
 
 
 def _tiny(config):
@@ -272,6 +315,7 @@ def _scaffold(config):
 
 
 SWEEPS = {"default": _default, "main_full": _main_full, "tune": _tune,
+          "tune_frontier": _tune_frontier, "frontier": _frontier,
           "h": _h, "scaffold": _scaffold, "tiny": _tiny,
           "tiny_tune": _tiny_tune}
 

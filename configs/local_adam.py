@@ -1,4 +1,4 @@
-r"""Local Adam (the baseline of DES-LOC, arXiv 2505.22549): params and both moments averaged every round.
+r"""Local Adam (DES-LOC's baseline, arXiv 2505.22549): params, m and v averaged every round.
 
 Run:
   python experiments/run.py --config=configs/local_adam.py --workdir=/tmp/fedjax_lab/local_adam
