@@ -78,7 +78,7 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
     tokens = lambda c: (c.train.rounds * c.inner.steps * c.train.num_replicas
                         * c.inner.batch_size)
     budget = tokens(base)
-    if sweep.endswith("tune"):  # Tuning runs a fraction of the budget.
+    if "tune" in sweep:  # Tuning runs a fraction of the budget.
       budget //= compare_config.TUNE_FRACTION
     arms = compare_config.get_sweep(base, sweep)
     assert len({a["name"] for a in arms}) == len(arms)
@@ -89,14 +89,17 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
       # Same data and model in every arm; the inner optimizer differs only in
       # the tuned lr, in B where M differs (M·B is kept), and for the arms
       # that need plain-SGD inner steps (SCAFFOLD and its FedAvg control),
-      # by exactly compare_config.SGD_INNER.
+      # by exactly compare_config.SGD_INNER; for MuLoCo by its Muon fields.
       model = lambda c: {k: v for k, v in c.model.items() if k != "init_seed"}
       assert model(config) == model(base) and config.data == base.data
       expected = dict(base.inner)
-      if set(arm["overrides"]) & (set(compare_config.SGD_INNER) - {
-          "inner.learning_rate"}):
+      if arm["overrides"].get("inner.optimizer") == "sgd":
         expected.update({k.split(".")[1]: v
                          for k, v in compare_config.SGD_INNER.items()})
+      if arm["overrides"].get("inner.optimizer") == "muon":
+        expected.update({k.split(".")[1]: v
+                         for k, v in compare_config.MULOCO.items()
+                         if k.startswith("inner.")})
       free = {"steps", "batch_size", "learning_rate"}
       assert {k: v for k, v in config.inner.items() if k not in free} == {
           k: v for k, v in expected.items() if k not in free}
