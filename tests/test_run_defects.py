@@ -166,6 +166,17 @@ def test_missing_config_file_exits_2(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs procfs")
+def test_workdir_the_filesystem_refuses_exits_2(tmp_path, data_dir):
+  """Under /proc nothing can be made, even by root (whom os.access passes)."""
+  proc = run_cli("run.py", [SMOKE, "--workdir=/proc/fedjax_lab_no/run"],
+                 data_dir=data_dir)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "--workdir" in error_line(proc) and "Traceback" not in proc.stderr
+  assert not os.path.exists("/proc/fedjax_lab_no")
+
+
+@pytest.mark.slow
 def test_bad_workdirs_and_data_dirs_exit_2_before_loading(tmp_path, data_dir):
   a_file = tmp_path / "file"
   a_file.write_text("keep me")

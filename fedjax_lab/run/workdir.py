@@ -98,6 +98,30 @@ def check_path(field: str, path: str, *, write: bool, depth: int = _DEEPEST
     raise ConfigError(f"{field}: {show(full, 200)} does not exist and "
                       f"{show(ancestor, 200)} is not writable, so it cannot "
                       "be made")
+  if write and full != ancestor:
+    _probe_mkdir(field, full, ancestor)
+
+
+def _probe_mkdir(field: str, full: str, ancestor: str) -> None:
+  """Makes `full` and removes it again: permission bits do not tell whether a
+  filesystem takes new directories (root passes os.access under /proc)."""
+  made = []
+  try:
+    head = full
+    while head != ancestor:
+      made.append(head)
+      head = os.path.dirname(head)
+    for d in reversed(made):
+      os.mkdir(d)
+  except OSError as e:
+    raise ConfigError(f"{field}: {show(full, 200)} cannot be made: "
+                      f"{e.strerror}") from None
+  finally:
+    for d in made:
+      try:
+        os.rmdir(d)
+      except OSError:
+        pass
 
 
 def probe_lock(workdir: str) -> None:
