@@ -13,8 +13,12 @@ big_vision does it.
 Protocol (docs/results.md):
 1. `--sweep=tune` runs, per arm, a grid over the inner learning rate and the
    arm's outer hyperparameter (`TUNE_GRID`) at a quarter of the budget
-   (600 steps, the lr schedule spanning them), seed 0, and keeps each arm's
-   point with the lowest final loss on the validation split (whole split).
+   (600 steps, the lr schedule spanning them), seed 0, widens it where the
+   best point is on an edge (`expand_sweep`: one more value along that
+   field, the grid's own ratio, until the best is interior or at a bound of
+   `TUNE_AXES` or MAX_EXPANSIONS values were added), and keeps each arm's
+   point with the lowest final loss on the validation split (whole split),
+   marked interior or at bound.
    The choices go to configs/tuned.json (committed), which every other sweep
    reads: re-running a comparison does not re-tune; re-running the tuning
    sweep reuses its completed runs (--noreuse to redo them).
@@ -22,14 +26,18 @@ Protocol (docs/results.md):
    several seeds and report the test split (whole split): mean ± std and
    min–max over seeds; curves are the seed mean with a min–max band.
 
-Run (the default sweep: 4 arms × 2 seeds, about 10 minutes on 2 CPU cores):
+Run (the default sweep: 4 arms × 3 seeds, about 15 minutes on 2 CPU cores):
   python experiments/compare.py --config=configs/compare.py --workdir=runs/compare
-Other sweeps (see SWEEPS): --sweep=main_full (every arm × 2 seeds; with the
+Other sweeps (see SWEEPS): --sweep=main_full (every arm × 3 seeds; with the
 same --workdir it reuses the default sweep's runs),
---sweep=tune (the grid, ~25 minutes), --sweep=tune_frontier (the grids of the
-methods published since DiLoCo, added to tuned.json), --sweep=frontier (the
-default arms plus those methods), --sweep=h, --sweep=scaffold.
-A tiny version for tests: --config=configs/compare.py:smoke --sweep=tiny.
+--sweep=tune (the widened grids of every main arm, over an hour),
+--sweep=tune_frontier (the frontier methods' grids only, added to
+tuned.json), --sweep=frontier (the default arms plus those methods),
+--sweep=h, --sweep=scaffold. The heterogeneous setting (SETTINGS['hetero']):
+--sweep=tune_hetero, then --sweep=hetero (default arms × 3 seeds) or
+--sweep=hetero_full (every arm), in their own --workdir.
+Tiny versions for tests: --config=configs/compare.py:smoke --sweep=tiny
+(tiny_tune, tiny_hetero, tiny_tune_hetero).
 """
 
 import os
@@ -89,7 +97,7 @@ MAIN_ARMS = {
 # --sweep=tune_frontier, which adds their points to configs/tuned.json and
 # keeps the others.
 DEFAULT_ARMS = ("ddp", "diloco", "diloco_m1", "fedadam")  # ~10 CPU minutes.
-DEFAULT_SEEDS = (0, 1)  # Also --sweep=main_full's (which reuses the default's runs).
+DEFAULT_SEEDS = (0, 1, 2)  # Also main_full's, hetero's (main_full reuses the default's runs).
 # The tuning grid per arm: the inner lr (DeMo has none: its sign-SGD step has
 # its own lr) × the arm's outer hyperparameter. 3×3 points at most.
 INNER_LRS = (4e-3, 1e-2, 2.5e-2)
@@ -119,6 +127,29 @@ TUNE_GRID = {key: ({} if key == "demo" else
              for key, grid in _OUTER_GRID.items()}
 TUNE_FRACTION = 4  # Tuning runs a quarter of the budget.
 TUNE_SEED = 0
+# Widening (fedjax_lab/run/tuning.py): when an arm's best point lies on an
+# edge of its grid, the tuning sweeps add one value along that field, one step
+# of the grid's own ratio further (in log x; in log(1 − x) for β, α), until
+# the best point is interior or reaches a bound: the field's stated range
+# below, or MAX_EXPANSIONS values added to one field (--max_expansions).
+MAX_EXPANSIONS = 3
+TUNE_AXES = {
+    "inner.learning_rate": tuning.Axis(1e-4, 1.0),
+    "outer.hparams.learning_rate": tuning.Axis(1e-4, 1.0),
+    "outer.hparams.mu": tuning.Axis(1e-5, 1.0),  # FedProx's proximal weight.
+    "outer.hparams.beta": tuning.Axis(0.01, 0.999, "log1m"),  # EASGD β = Mα.
+    "outer.hparams.alpha": tuning.Axis(0.0, 0.999, "log1m"),  # PAPA: 0 = papa_all.
+    "outer.hparams.u_every": tuning.Axis(1, 48, integer=True),  # DES-LOC, rounds.
+}
+# Per arm, where its grid already goes past TUNE_AXES (SparseLoCo's α, 1.4).
+ARM_AXES = {"sparseloco": {"outer.hparams.learning_rate": tuning.Axis(1e-4, 2.0)}}
+# The settings of the main comparison: the islands' data. 'main' is today's
+# (by_source: mean JSD 0.00446, i.e. alike islands); 'hetero' clusters the
+# sequences by their byte histograms into equal shards (mean JSD 0.0196, the
+# most an equal-size partition of these bytes reaches; docs/results.md).
+# Same model, budget and arms; each setting is tuned on its own (tuned.json
+# keys: 'diloco' for main, 'hetero/diloco' for hetero).
+SETTINGS = {"main": {}, "hetero": {"data.partition": "by_content"}}
 TUNED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "tuned.json")
 # SCAFFOLD's option II assumes plain constant-lr SGD inner steps; its arms
@@ -185,13 +216,35 @@ def arm(config, algorithm: str, *, inner_steps=None, hparams=None, seed=0,
   }
 
 
-def tuned(key: str, path: str = TUNED_FILE):
-  """The overrides tuning chose for arm `key` (configs/tuned.json)."""
+def setting_key(key: str, setting: str = "main") -> str:
+  """The tuned.json key of arm `key` in `setting` ('diloco', 'hetero/diloco')."""
+  if setting not in SETTINGS:
+    raise ValueError(f"sweep: unknown setting {setting!r}; known: "
+                     f"{sorted(SETTINGS)}")
+  return key if setting == "main" else f"{setting}/{key}"
+
+
+def _split_key(name: str):
+  """(setting, arm key) of a tuned.json key."""
+  setting, _, key = name.rpartition("/")
+  return setting or "main", key
+
+
+def tuned(key: str, path: str = None, setting: str = "main"):
+  """The overrides tuning chose for arm `key` in `setting` (configs/tuned.json)."""
+  path = path or TUNED_FILE
   settings = tuning.load(path)["settings"]
-  if key not in settings:
-    raise ValueError(f"{path}: no tuned point for arm {key!r} (tuned: "
-                     f"{sorted(settings)}); run --sweep=tune")
-  return dict(settings[key]["point"])
+  name = setting_key(key, setting)
+  if name not in settings:
+    sweep = "tune" if setting == "main" else f"tune_{setting}"
+    raise ValueError(f"{path}: no tuned point for arm {name!r} (tuned: "
+                     f"{sorted(settings)}); run --sweep={sweep}")
+  return dict(settings[name]["point"])
+
+
+def axes_for(name: str):
+  """{field: tuning.Axis} of the arm behind tuned.json key `name`."""
+  return {**TUNE_AXES, **ARM_AXES.get(_split_key(name)[1], {})}
 
 
 def _overrides(config, key: str):
@@ -208,49 +261,96 @@ def _overrides(config, key: str):
 
 
 def tuned_arm(config, key: str, *, seed=0, inner_steps=None, name=None,
-              extra=None):
-  """Main arm `key` (MAIN_ARMS) at its tuned point, for seed `seed`."""
+              extra=None, setting: str = "main", point=None):
+  """Main arm `key` (MAIN_ARMS) at its tuned point, for seed `seed`, in
+  `setting` (SETTINGS: its data overrides; its own tuned point unless
+  `point` is given; arm names of a setting other than main are prefixed)."""
   algorithm, overrides = _overrides(config, key)
   group = key if inner_steps is None else f"{key}_H{inner_steps}"
+  prefix = "" if setting == "main" else f"{setting}_"
+  chosen = tuned(key, setting=setting) if point is None else point
   return arm(config, algorithm, inner_steps=inner_steps, seed=seed,
-             name=name or f"{group}_s{seed}", group=group,
-             extra={**overrides, **tuned(key), **(extra or {})})
+             name=name or f"{prefix}{group}_s{seed}", group=group,
+             extra={**overrides, **SETTINGS[setting], **chosen,
+                    **(extra or {})})
 
 
-def tuning_arms(config, keys=tuple(MAIN_ARMS), fraction: int = TUNE_FRACTION):
-  """The grid of every arm in `keys` at 1/fraction of the budget, seed 0.
-
-  Each arm carries 'setting' (its key) and 'point' (the grid's overrides),
-  which `after_sweep` hands to `tuning.choose`.
-  """
+def _short(config, fraction: int = TUNE_FRACTION):
+  """The tuning runs' config: 1/fraction of the budget, no curves."""
   short = config.copy_and_resolve_references()
   short.train.rounds = max(1, config.train.rounds // fraction)
   short.train.eval_every = 0  # Only the final evaluation: no curves needed.
   short.train.tensorboard = False
-  arms = []
-  for key in keys:
-    algorithm, overrides = _overrides(config, key)
-    grid = TUNE_GRID[key]
-    points = [{}]
-    for field, values in grid.items():
-      points = [dict(p, **{field: v}) for p in points for v in values]
-    for point in points:
-      label = "_".join(f"{f.split('.')[-1][:2]}{v:g}" for f, v in point.items())
-      a = arm(short, algorithm, seed=TUNE_SEED,
-              name=f"tune_{key}" + (f"_{label}" if label else ""),
-              extra={**overrides, **point})
-      arms.append(dict(a, setting=key, point=point))
-  return arms
+  return short
 
 
-def after_sweep(name: str, config, results, workdir: str) -> None:
-  """After --sweep=tune: choose on validation, save configs/tuned.json
-  (--sweep=tune_frontier adds its arms' choices to the file's others)."""
-  if name not in ("tune", "tiny_tune", "tune_frontier"):
+def _tuning_arm(config, name: str, point, fraction: int = TUNE_FRACTION):
+  """The tuning run of tuned.json key `name` at `point`, seed TUNE_SEED."""
+  setting, key = _split_key(name)
+  algorithm, overrides = _overrides(config, key)
+  label = "_".join(f"{f.split('.')[-1][:2]}{v:g}" for f, v in point.items())
+  prefix = "" if setting == "main" else f"{setting}_"
+  a = arm(_short(config, fraction), algorithm, seed=TUNE_SEED,
+          name=f"tune_{prefix}{key}" + (f"_{label}" if label else ""),
+          extra={**overrides, **SETTINGS[setting], **point})
+  return dict(a, setting=name, point=dict(point))
+
+
+def tuning_arms(config, keys=tuple(MAIN_ARMS), fraction: int = TUNE_FRACTION,
+                setting: str = "main"):
+  """The grid of every arm in `keys` at 1/fraction of the budget, seed 0.
+
+  Each arm carries 'setting' (its tuned.json key: `setting_key`) and 'point'
+  (the grid's overrides), which `expand_sweep` widens and `after_sweep`
+  hands to `tuning.choose`.
+  """
+  return [_tuning_arm(config, setting_key(key, setting), point, fraction)
+          for key in keys for point in tuning.points_of(TUNE_GRID[key])]
+
+
+def _tuning_grids(results):
+  """{tuned.json key: its initial grid} of the settings in `results`."""
+  return {r["setting"]: TUNE_GRID[_split_key(r["setting"])[1]]
+          for r in results if "setting" in r}
+
+
+def expand_sweep(name: str, config, results, max_expansions=MAX_EXPANSIONS):
+  """After each pass of a tuning sweep: the arms that widen a grid whose best
+  point is on an edge (`tuning.widen`); [] when every arm is done."""
+  if "tune" not in name:
+    return []
+  more = []
+  fraction = TUNE_FRACTION
+  for setting, grid in _tuning_grids(results).items():
+    evaluated = [{"point": r["point"],
+                  "validation_loss": tuning.validation_loss(r)}
+                 for r in results if r.get("setting") == setting]
+    points, _ = tuning.widen(grid, evaluated, axes_for(setting),
+                             max_expansions)
+    more += [_tuning_arm(config, setting, p, fraction) for p in points]
+  return more
+
+
+_TUNE_SWEEPS = ("tune", "tiny_tune", "tune_frontier", "tune_hetero",
+                "tiny_tune_hetero")
+
+
+def after_sweep(name: str, config, results, workdir: str,
+                max_expansions=MAX_EXPANSIONS) -> None:
+  """After a tuning sweep: choose on validation, mark each choice interior or
+  at a bound, save configs/tuned.json (keeping the file's other keys: another
+  setting's, or the arms this sweep did not tune); the tiny ones write
+  workdir/tuned.json. After a comparison: the data setting's heterogeneity
+  (mean JSD, replica sizes) goes at the top of workdir/results.md."""
+  if name not in _TUNE_SWEEPS:
+    _write_setting_header(name, config, results, workdir)
     return
-  chosen = tuning.choose(results)
-  if name == "tune_frontier":
-    chosen = {**tuning.load(TUNED_FILE)["settings"], **chosen}
+  chosen = tuning.mark_edges(tuning.choose(results), _tuning_grids(results),
+                             axes_for, max_expansions)
+  path = (TUNED_FILE if not name.startswith("tiny")
+          else os.path.join(workdir, "tuned.json"))
+  if path == TUNED_FILE and os.path.exists(path):
+    chosen = {**tuning.load(path)["settings"], **chosen}
   protocol = {
       "selected_on": "final loss on the validation split (whole split), "
                      "lowest wins; the test split is not read",
@@ -259,12 +359,60 @@ def after_sweep(name: str, config, results, workdir: str) -> None:
       "seed": TUNE_SEED,
       "grid": {k: {f: list(v) for f, v in g.items()}
                for k, g in TUNE_GRID.items()},
+      "widening": {"max_expansions": max_expansions,
+                   "axes": {f: [a.low, a.high, a.scale]
+                            for f, a in TUNE_AXES.items()},
+                   "arm_axes": {k: {f: [a.low, a.high, a.scale]
+                                    for f, a in v.items()}
+                                for k, v in ARM_AXES.items()}},
+      "settings": SETTINGS,
   }
-  path = (TUNED_FILE if name in ("tune", "tune_frontier")
-          else os.path.join(workdir, "tuned.json"))
   tuning.save(path, chosen, protocol=protocol)
   with open(os.path.join(workdir, "tuning.md"), "w") as f:
     f.write(tuning.markdown(chosen))
+
+
+def _setting_of_sweep(name: str) -> str:
+  return "hetero" if "hetero" in name else "main"
+
+
+def data_setting(config) -> dict:
+  """The replica partition of `config`: method, mean JSD and shard sizes
+  (the same call a run makes; cheap: no training)."""
+  from fedjax_lab import data as data_lib  # pylint: disable=g-import-not-at-top
+  from fedjax_lab.run import build  # pylint: disable=g-import-not-at-top
+  train_src = build.load_sources(config)[0]
+  shards = data_lib.partition(train_src, config.train.num_replicas,
+                              method=config.data.partition,
+                              alpha=config.data.alpha, seed=config.train.seed)
+  sizes = [len(s) for s in shards]
+  return {"partition": config.data.partition,
+          "num_replicas": config.train.num_replicas,
+          "mean_jsd": data_lib.heterogeneity(train_src, shards),
+          "sizes": sizes}
+
+
+def setting_header(name: str, info: dict) -> str:
+  """The line at the top of a comparison's table: its islands' data."""
+  sizes = info["sizes"]
+  return (f"Setting: {name} — data.partition={info['partition']} over "
+          f"M = {info['num_replicas']} replicas: mean JSD (byte histogram "
+          f"of each replica vs the whole) {info['mean_jsd']:.5f}; replica "
+          f"sizes {min(sizes):,}–{max(sizes):,} sequences (max/min "
+          f"{max(sizes) / max(1, min(sizes)):.2f}).\n\n")
+
+
+def _write_setting_header(name, config, results, workdir) -> None:
+  path = os.path.join(workdir, "results.md")
+  if config is None or not results or not os.path.exists(path):
+    return
+  from fedjax_lab.run import apply_overrides  # pylint: disable=g-import-not-at-top
+  setting = _setting_of_sweep(name)
+  info = data_setting(apply_overrides(config, SETTINGS[setting]))
+  with open(path) as f:
+    md = f.read()
+  with open(path, "w") as f:
+    f.write(setting_header(setting, info) + md)
 
 
 def _default(config):
@@ -282,6 +430,30 @@ def _tune(config):
 
 def _tune_frontier(config):
   return tuning_arms(config, FRONTIER_ARMS)
+
+
+def _hetero(config):
+  return [tuned_arm(config, k, seed=s, setting="hetero") for k in DEFAULT_ARMS
+          for s in DEFAULT_SEEDS]
+
+
+def _hetero_full(config):
+  return [tuned_arm(config, k, seed=s, setting="hetero") for k in MAIN_ARMS
+          for s in DEFAULT_SEEDS]
+
+
+def _tune_hetero(config):
+  return tuning_arms(config, setting="hetero")
+
+
+def _tiny_hetero(config):
+  """The hetero pipeline on the smoke config (the main setting's points)."""
+  return [tuned_arm(config, k, seed=0, setting="hetero", point=tuned(k))
+          for k in ("ddp", "diloco")]
+
+
+def _tiny_tune_hetero(config):
+  return tuning_arms(config, keys=("ddp", "diloco"), setting="hetero")
 
 
 def _frontier(config):
@@ -317,7 +489,9 @@ def _scaffold(config):
 SWEEPS = {"default": _default, "main_full": _main_full, "tune": _tune,
           "tune_frontier": _tune_frontier, "frontier": _frontier,
           "h": _h, "scaffold": _scaffold, "tiny": _tiny,
-          "tiny_tune": _tiny_tune}
+          "tiny_tune": _tiny_tune, "hetero": _hetero,
+          "hetero_full": _hetero_full, "tune_hetero": _tune_hetero,
+          "tiny_hetero": _tiny_hetero, "tiny_tune_hetero": _tiny_tune_hetero}
 
 
 def get_sweep(config: ml_collections.ConfigDict, name: str = "default"):

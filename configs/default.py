@@ -144,6 +144,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.merge_alpha = 0.0  # alpha in [0, 1]: merge theta_i <- alpha*theta_i + (1-alpha)*theta.
   config.engine.replica_mode = "auto"  # Replicas on one device: 'vmap' (together), 'sequential' (one at a time, less memory) or 'auto'.
 
+  # The simulated clock (fedjax_lab.clock, docs/clock.md): how long the run would take with each
+  # replica on its own device, joined by a network. Only the policy changes training ('wait_all'
+  # with equal speeds trains exactly as no clock); every run records its simulated seconds.
+  config.clock = ml_collections.ConfigDict()
+  config.clock.policy = "wait_all"  # 'wait_all' (a round waits for the slowest), 'dylu' (steps per replica ∝ its speed) or 'deadline'.
+  config.clock.step_seconds = 0.0  # Seconds of one inner step at speed 1 (the replica's own batch); 0 = training FLOPs per step / clock.device_flops.
+  config.clock.device_flops = 1e12  # FLOP/s one replica's device sustains (used when step_seconds = 0).
+  config.clock.speeds = ()  # Relative speed of each replica (M numbers > 0, 1 = the device above); () = all 1.
+  config.clock.lognormal_sigma = 0.0  # Also multiply each speed by exp(sigma * z), z ~ N(0, 1) seeded by train.seed; 0 = off.
+  config.clock.straggler_prob = 0.0  # Each round each replica straggles with this probability (seeded by train.seed and the round).
+  config.clock.straggler_factor = 4.0  # A straggler's steps take this many times longer (>= 1).
+  config.clock.bandwidth_gbps = 1.0  # Each replica's link to the others, Gbit/s (> 0).
+  config.clock.latency_s = 1e-3  # Latency of one hop, seconds (ring all-reduce: 2(M-1) hops).
+  config.clock.deadline_quantile = 0.75  # policy='deadline': D = this quantile of the replicas' round compute times, in (0, 1].
+  config.clock.deadline_seconds = 0.0  # policy='deadline': D in seconds of compute instead (> 0); 0 = use the quantile.
+  config.clock.deadline_mode = "partial"  # policy='deadline': 'partial' (a late replica's finished steps count) or 'drop' (it is left out).
+  config.clock.dylu_min_steps = 1  # policy='dylu': the fewest local steps a replica takes.
+
   # Devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1  # Shard replicas over this many devices: 0 = none (vmap), -1 = all.

@@ -6,9 +6,13 @@ r"""Runs a comparison sweep and writes its table and plots: a thin entry point.
 The sweep's arms come from `get_sweep(config, name)` in the config file
 (configs/compare.py); every arm runs in this process (one engine each) in
 workdir/<arm>, and workdir/results.md, results.csv and the plots summarise
-them; the file's `after_sweep(name, config, results, workdir)`, when it has
-one, runs last (the tuning sweep saves its choices there). Completed arms are reused when the
-command is run again (--noreuse to rerun them).
+them; the file's `expand_sweep(name, config, results, max_expansions=K)`,
+when it has one, adds arms after each pass until it adds none (the tuning
+sweeps widen a grid whose best point is on an edge: fedjax_lab/run/tuning.py),
+and its `after_sweep(name, config, results, workdir, max_expansions=K)` runs
+last (the tuning sweep saves its choices there). Completed arms are reused
+when the command is run again (--noreuse to rerun them), so an interrupted
+tuning resumes where it stopped.
 
 A base-config override of a field that every arm sets (e.g.
 --config.outer.name) would be ignored, so it is refused (exit 2).
@@ -37,6 +41,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the arms and report.")
 _SWEEP = flags.DEFINE_string("sweep", "default", "Which sweep of the config file.")
 _REUSE = flags.DEFINE_bool("reuse", True, "Skip arms that already completed.")
+_MAX_EXPANSIONS = flags.DEFINE_integer(
+    "max_expansions", None, "K: the most values a tuning sweep adds to one "
+    "field of an arm's grid when its best point is on an edge (default: the "
+    "config file's MAX_EXPANSIONS; 0 runs the plain grid).", lower_bound=0)
 
 
 def _sweep_module(config_arg: str):
@@ -63,13 +71,25 @@ def main(argv):
     arms = module.get_sweep(config, _SWEEP.value)
   except ValueError as e:
     cli.fail(2, f"--sweep: {e}")
+  k = _MAX_EXPANSIONS.value
+  if k is None:
+    k = getattr(module, "MAX_EXPANSIONS", 0)
+  more = None
+  if hasattr(module, "expand_sweep"):  # E.g. a tuning grid's edges widened.
+    more = lambda results: module.expand_sweep(_SWEEP.value, config, results,
+                                               max_expansions=k)
   try:
     run_lib.check_base_overrides(cli.overridden_fields(), arms, _SWEEP.value)
-    results = run_lib.run_comparison(config, arms, workdir, reuse=_REUSE.value)
+    results = run_lib.run_widening(config, arms, workdir, reuse=_REUSE.value,
+                                   more=more)
   except run_lib.ConfigError as e:
     cli.fail(2, f"config: {e}")
   if hasattr(module, "after_sweep"):  # E.g. the tuning sweep's choice.
-    module.after_sweep(_SWEEP.value, config, results, workdir)
+    if hasattr(module, "expand_sweep"):
+      module.after_sweep(_SWEEP.value, config, results, workdir,
+                         max_expansions=k)
+    else:
+      module.after_sweep(_SWEEP.value, config, results, workdir)
   logging.info("report: %s", os.path.join(workdir, "results.md"))
 
 

@@ -31,9 +31,30 @@ import shutil
 import time
 from typing import Any, Dict, NamedTuple, Optional
 
+from absl import flags
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+
+def _barriers_off_the_devices() -> None:
+  """Makes orbax's multi-process barriers go through JAX's coordination
+  service instead of a device collective.
+
+  orbax's default barrier (`sync_global_devices`) is a psum over every device,
+  and its background save thread issues it while the training loop's own
+  collectives are in flight; the processes can then order the two
+  differently and gloo aborts the run ("Received data size doesn't match
+  expected size", seen in CI). A barrier of the distributed client
+  (`wait_at_barrier`, orbax's `experimental_orbax_use_distributed_barrier`)
+  never meets a device collective. Library use without absl.app: the flags
+  are marked parsed first (every other flag keeps its default).
+  """
+  if jax.process_count() == 1:
+    return
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 class CheckpointError(RuntimeError):
@@ -82,6 +103,7 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
+    _barriers_off_the_devices()
     return ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

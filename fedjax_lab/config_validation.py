@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import ml_collections
 from ml_collections import config_dict
 
+from fedjax_lab import clock as clock_lib
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.models import tasks as tasks_lib
@@ -38,7 +39,7 @@ NONFINITE_POLICIES = ("drop", "stop")
 CLASSIFIERS = ("mlp", "cnn")
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("cosine", "linear", "constant")
-PARTITIONS = ("iid", "by_source", "dirichlet")
+PARTITIONS = ("iid", "by_source", "by_content", "dirichlet")
 # data.partition values that make a population's clients (train.num_clients > 0).
 CLIENT_PARTITIONS = ("by_file", "by_group", "dirichlet", "iid")
 SAMPLING_KINDS = ("uniform", "weighted")
@@ -57,7 +58,8 @@ def show(value, limit: int = 80) -> str:
 
 
 # A field spec: (kind, check). kind is 'int', 'float', 'str', 'bool', 'ints'
-# (a tuple of ints) or 'open'; check(value) returns an error text or None.
+# (a tuple of ints), 'floats' (a tuple of numbers) or 'open'; check(value)
+# returns an error text or None.
 def _range(lo=None, hi=None, *, lo_open=False, hi_open=False):
   def check(v):
     if isinstance(v, float) and not math.isfinite(v):
@@ -78,6 +80,13 @@ def _one_of(options):
 
 def _any(v):
   del v
+  return None
+
+
+def _all_positive(values):
+  for v in values:
+    if not math.isfinite(v) or v <= 0:
+      return f"every entry must be a finite number > 0 (got {v!r})"
   return None
 
 
@@ -165,6 +174,21 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "target_eval_loss": ("float", NONNEG),
         "outer_drop_prob": ("float", _range(0.0, 1.0, hi_open=True)),
     },
+    "clock": {
+        "policy": ("str", _one_of(clock_lib.POLICIES)),
+        "step_seconds": ("float", NONNEG),
+        "device_flops": ("float", _range(0.0, lo_open=True)),
+        "speeds": ("floats", _all_positive),
+        "lognormal_sigma": ("float", NONNEG),
+        "straggler_prob": ("float", _range(0.0, 1.0)),
+        "straggler_factor": ("float", _range(1.0)),
+        "bandwidth_gbps": ("float", _range(0.0, lo_open=True)),
+        "latency_s": ("float", NONNEG),
+        "deadline_quantile": ("float", _range(0.0, 1.0, lo_open=True)),
+        "deadline_seconds": ("float", NONNEG),
+        "deadline_mode": ("str", _one_of(clock_lib.DEADLINE_MODES)),
+        "dylu_min_steps": ("int", POSITIVE),
+    },
     "mesh": {
         "num_devices": ("int", _range(-1)),
         "model_devices": ("int", _range(1)),
@@ -174,6 +198,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
 
 _KIND_TEXT = {"int": "an integer", "float": "a number", "str": "a string",
               "bool": "True or False", "ints": "a tuple of integers",
+              "floats": "a tuple of numbers",
               "open": "a ConfigDict of hyperparameters"}
 
 
@@ -190,6 +215,9 @@ def _type_ok(kind: str, value) -> bool:
     return isinstance(value, (tuple, list)) and all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool)
         for v in value)
+  if kind == "floats":
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
   if kind == "open":
     return isinstance(value, (ml_collections.ConfigDict, dict))
   raise AssertionError(kind)
@@ -412,6 +440,31 @@ def check_consistency(config, *, device_count: int) -> None:
         "algorithm with an outer step")
 
 
+def check_clock(config) -> None:
+  """The clock's profile fits the run (the deadline's check needs the task:
+  `build`)."""
+  ck, m = config.clock, config.train.num_replicas
+  if len(ck.speeds) not in (0, m):
+    raise ConfigError(f"clock.speeds: needs one speed per replica "
+                      f"(train.num_replicas={m}) or () for all 1, got "
+                      f"{len(ck.speeds)}: {show(tuple(ck.speeds))}")
+  if ck.policy != "wait_all" and outer_lib.get(
+      config.outer.name, **outer_hparams(config)).every_step:
+    raise ConfigError(
+        f"clock.policy: {ck.policy!r} changes how many local steps replicas "
+        f"take, and {config.outer.name!r} synchronises every step (no local "
+        "steps); allowed: 'wait_all'")
+  if ck.policy != "wait_all" and config.train.num_clients:
+    raise ConfigError(
+        f"clock.policy: {ck.policy!r} with a population of clients "
+        f"(train.num_clients={config.train.num_clients}) is not supported "
+        "yet (each client's examples would need rescaling); allowed: "
+        "'wait_all'")
+  if ck.policy == "dylu" and ck.dylu_min_steps > config.inner.steps:
+    raise ConfigError(f"clock.dylu_min_steps: must be <= inner.steps="
+                      f"{config.inner.steps}, got {ck.dylu_min_steps}")
+
+
 def check_population(config) -> None:
   """The population fields (train.num_clients ...) agree with each other.
 
@@ -505,4 +558,5 @@ def validate(config, *, device_count: int) -> None:
   check_schema(config)
   check_registries(config)
   check_consistency(config, device_count=device_count)
+  check_clock(config)
   check_population(config)

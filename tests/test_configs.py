@@ -71,8 +71,26 @@ def test_docstring_has_run_command_and_every_field_a_comment(path):
     prev = stripped
 
 
+@pytest.fixture
+def tuned_every_setting(tmp_path, monkeypatch):
+  """configs/tuned.json, plus the main points for any setting not tuned yet
+  (the hetero sweeps read their own; these tests check arms, not values)."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(compare_config.TUNED_FILE) as f:
+    data = json.load(f)
+  settings = data["settings"]
+  for setting in compare_config.SETTINGS:
+    for key in compare_config.MAIN_ARMS:
+      name = compare_config.setting_key(key, setting)
+      settings.setdefault(name, settings[key])
+  path = tmp_path / "tuned.json"
+  path.write_text(json.dumps(data))
+  monkeypatch.setattr(compare_config, "TUNED_FILE", str(path))
+
+
 @pytest.mark.parametrize("sweep", sorted(compare_config.SWEEPS))
-def test_sweeps_keep_the_token_budget_and_validate(sweep):
+def test_sweeps_keep_the_token_budget_and_validate(sweep, tuned_every_setting):
+  setting = "hetero" if "hetero" in sweep else "main"
   for size in ("cpu", "smoke"):
     base = compare_config.get_config(size)
     tokens = lambda c: (c.train.rounds * c.inner.steps * c.train.num_replicas
@@ -91,7 +109,10 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
       # that need plain-SGD inner steps (SCAFFOLD and its FedAvg control),
       # by exactly compare_config.SGD_INNER; for MuLoCo by its Muon fields.
       model = lambda c: {k: v for k, v in c.model.items() if k != "init_seed"}
-      assert model(config) == model(base) and config.data == base.data
+      # The data differ only by the setting's partition (SETTINGS).
+      expected_data = run_lib.apply_overrides(
+          base, compare_config.SETTINGS[setting]).data
+      assert model(config) == model(base) and config.data == expected_data
       expected = dict(base.inner)
       if arm["overrides"].get("inner.optimizer") == "sgd":
         expected.update({k.split(".")[1]: v
@@ -105,12 +126,20 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep):
           k: v for k, v in expected.items() if k not in free}
 
 
-def test_default_sweep_is_the_tuned_main_arms_over_seeds():
+def test_default_sweep_is_the_tuned_main_arms_over_seeds(tuned_every_setting):
   base = compare_config.get_config()
   arms = compare_config.get_sweep(base, "default")
   assert {a["group"] for a in arms} == set(compare_config.DEFAULT_ARMS)
   assert len(arms) == len(compare_config.DEFAULT_ARMS) * len(
       compare_config.DEFAULT_SEEDS)
+  assert len(compare_config.DEFAULT_SEEDS) == 3
+  # The hetero setting: the same arms and seeds on by_content islands, at
+  # its own tuned points, with names that cannot clash with the main's.
+  hetero = compare_config.get_sweep(base, "hetero")
+  assert [a["group"] for a in hetero] == [a["group"] for a in arms]
+  assert all(a["overrides"]["data.partition"] == "by_content" for a in hetero)
+  assert not {a["name"] for a in hetero} & {a["name"] for a in arms}
+  assert all("data.partition" not in a["overrides"] for a in arms)
   full = compare_config.get_sweep(base, "main_full")
   algorithms = {a["overrides"]["outer.name"] for a in full}
   assert {"ddp", "diloco", "fedavg", "fedadam", "easgd", "fedprox", "papa",

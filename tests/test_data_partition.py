@@ -56,6 +56,22 @@ def test_by_source_whole_groups_balanced_and_more_heterogeneous(lm_train):
       lm_train, iid)
 
 
+def test_by_content_equal_deterministic_and_4x_by_source(lm_train):
+  shards = data.partition(lm_train, 4, method="by_content")
+  _assert_cover(shards, len(lm_train))
+  sizes = [len(s) for s in shards]
+  assert max(sizes) - min(sizes) <= 1
+  # The training seed does not move the islands (k-means from a fixed seed).
+  again = data.partition(lm_train, 4, method="by_content", seed=7)
+  assert all(np.array_equal(a, b) for a, b in zip(shards, again))
+  by_source = data.partition(lm_train, 4, method="by_source")
+  jsd = data.heterogeneity(lm_train, shards)
+  assert jsd > 4 * data.heterogeneity(lm_train, by_source)
+  assert jsd == pytest.approx(0.0196, abs=0.001)  # docs/results.md.
+  with pytest.raises(ValueError, match="by_content"):
+    data.partition(_labelled(), 2, method="by_content")
+
+
 def test_by_source_needs_enough_groups(lm_train):
   with pytest.raises(ValueError, match="groups"):
     data.partition(lm_train, len(lm_train.group_names) + 1, method="by_source")

@@ -86,7 +86,7 @@ def test_evaluator_weights_batches_by_size():
       config=cfg, engine=types.SimpleNamespace(eval_params=lambda s: s),
       eval_src=_Grouped(np.zeros(150, int)),
       test_src=_Grouped(np.repeat([0, 1], [75, 75])),
-      task=types.SimpleNamespace(loss_fn=loss_fn))
+      task=types.SimpleNamespace(loss_fn=loss_fn, derived=None))
   ev = Evaluator(run)
   final = ev(jnp.float32(2.0), final=True)
   assert final["eval"]["loss"] == pytest.approx(2 * values.mean(), rel=1e-6)

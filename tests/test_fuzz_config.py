@@ -44,10 +44,18 @@ NUMERIC = {
     "mesh.num_devices": ("int", -1, 8),
     "outer.hparams.learning_rate": ("float", 0.0, None),
     "outer.hparams.momentum": ("float", 0.0, 1.0),
+    "clock.bandwidth_gbps": ("float", 0.0, None),
+    "clock.latency_s": ("float", 0.0, None),
+    "clock.straggler_prob": ("float", 0.0, 1.0),
+    "clock.straggler_factor": ("float", 1.0, None),
+    "clock.lognormal_sigma": ("float", 0.0, None),
+    "clock.deadline_seconds": ("float", 0.0, None),
+    "clock.dylu_min_steps": ("int", 1, None),
 }
 CHOICES = ("model.kind", "model.dtype", "model.classifier", "data.subset",
            "data.partition", "inner.decay", "outer.name", "comm.compressor",
-           "train.nonfinite_policy", "engine.replica_mode", "inner.optimizer")
+           "train.nonfinite_policy", "engine.replica_mode", "inner.optimizer",
+           "clock.policy", "clock.deadline_mode")
 # Fields of other algorithms and compressors: set, they are refused by name.
 FOREIGN = ("outer.hparams.tau", "outer.hparams.beta", "outer.hparams.alpha",
            "outer.hparams.mu", "comm.hparams.block_size", "comm.hparams.bins",

@@ -159,7 +159,12 @@ def kill_one_of_two(command, ready, *, base_env=None, bound=180):
       pytest.fail("process 0 did not stop after its peer was killed")
   finally:
     kill_all(procs)
-  return out.decode(errors="replace"), procs[0].returncode
+  out = out.decode(errors="replace")
+  # Kept for a reader of a failure (the assertion shows only its tail).
+  with open(os.path.join(os.environ.get("FEDJAX_LAB_SURVIVOR_LOG_DIR", "/tmp"),
+                         f"survivor_{port}.log"), "w") as f:
+    f.write(out)
+  return out, procs[0].returncode
 
 
 def names_the_lost_process(out):
@@ -223,7 +228,11 @@ def wait_all(procs, bound=300):
       out, _ = p.communicate(timeout=bound)
       outs.append(out.decode(errors="replace"))
   except subprocess.TimeoutExpired:
-    pytest.fail("a run.py process hung")
+    kill_all(procs)
+    tails = [(p.communicate()[0] or b"").decode(errors="replace")[-3000:]
+             for p in procs[len(outs):]]
+    pytest.fail("a run.py process hung; the unfinished ones' output:\n" +
+                "\n---\n".join(tails))
   finally:
     kill_all(procs)
   return outs, [p.returncode for p in procs]

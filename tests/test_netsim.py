@@ -34,8 +34,8 @@ def _required(method, bits=WIRE_BITS, **kw):
 
 
 def test_table6_10b_figures_within_10_percent():
-  ddp = _required("ddp")
-  diloco = _required("diloco", inner_steps=H)
+  ddp = _required("every_step")
+  diloco = _required("blocking", inner_steps=H)
   assert abs(ddp / PAPER_DDP_GBPS - 1) <= 0.10, ddp
   assert abs(diloco / PAPER_DILOCO_GBPS - 1) <= 0.10, diloco
   # The paper reports the first point of its grid that reaches the target.
@@ -47,7 +47,7 @@ def test_table6_10b_figures_within_10_percent():
 def test_table6_helper_matches_direct_call():
   assert netsim.table6_required_bandwidth(
       "Chinchilla 10B", 100, TARGET) == pytest.approx(
-          _required("diloco", inner_steps=H), rel=1e-9)
+          _required("blocking", inner_steps=H), rel=1e-9)
 
 
 def test_bf16_payload_overshoots_as_documented():
@@ -72,8 +72,8 @@ def test_bf16_payload_overshoots_as_documented():
   assert diloco == pytest.approx(160 * 90 / 847) and diloco == pytest.approx(
       17.001, abs=0.001)
   # required_bandwidth bisects to a relative 1e-9.
-  assert _required("ddp", bits=16) == pytest.approx(ddp, rel=1e-6)
-  assert _required("diloco", bits=16, inner_steps=H) == pytest.approx(
+  assert _required("every_step", bits=16) == pytest.approx(ddp, rel=1e-6)
+  assert _required("blocking", bits=16, inner_steps=H) == pytest.approx(
       diloco, rel=1e-6)
 
 
@@ -95,8 +95,8 @@ def test_wire_bits_refit_on_other_rows():
 
 
 def test_required_bandwidth_linear_in_payload_without_latency():
-  a = _required("diloco", bits=8, inner_steps=H)
-  b = _required("diloco", bits=16, inner_steps=H)
+  a = _required("blocking", bits=8, inner_steps=H)
+  b = _required("blocking", bits=16, inner_steps=H)
   assert b == pytest.approx(2 * a, rel=1e-8)
 
 
@@ -109,7 +109,7 @@ def test_allreduce_formula():
 
 def test_no_overlap_adds_compute_and_comm():
   # num_layers=1: wall = H*T + t per round (the scaling-laws Appendix A sum).
-  r = netsim.simulate("diloco", step_seconds=1.0, payload_bytes=1e9,
+  r = netsim.simulate("blocking", step_seconds=1.0, payload_bytes=1e9,
                       num_replicas=2, bandwidth_gbps=8.0, inner_steps=10)
   assert r["comm_seconds_per_sync"] == pytest.approx(1.0)
   assert r["wall_seconds_per_step"] == pytest.approx(1.1)
@@ -117,8 +117,8 @@ def test_no_overlap_adds_compute_and_comm():
 
 
 @pytest.mark.parametrize("method,kw", [
-    ("ddp", {}),
-    ("diloco", {"inner_steps": 30}),
+    ("every_step", {}),
+    ("blocking", {"inner_steps": 30}),
     ("streaming", {"inner_steps": 30, "fragments": 5}),
     ("streaming", {"inner_steps": 30, "fragments": 5, "overlap_steps": 2}),
 ])
@@ -132,7 +132,7 @@ def test_more_bandwidth_higher_utilisation(method, kw):
 
 
 def test_larger_h_needs_less_bandwidth():
-  need = [_required("diloco", inner_steps=h) for h in (1, 5, 10, 30, 100, 300)]
+  need = [_required("blocking", inner_steps=h) for h in (1, 5, 10, 30, 100, 300)]
   assert np.all(np.diff(need) < 0), need
   need_s = [_required("streaming", inner_steps=h, fragments=4, overlap_steps=1)
             for h in (8, 16, 32, 64)]
@@ -152,14 +152,14 @@ def test_overlap_never_hurts(bandwidth, latency):
     # Without latency, splitting into fragments never hurts either (each
     # fragment hides behind its own backward pass); with latency it can, as
     # every fragment pays the ring's 2 (M - 1) hops.
-    no_frag = netsim.utilisation("diloco", **{**kw, "fragments": 1})
+    no_frag = netsim.utilisation("blocking", **{**kw, "fragments": 1})
     assert cus[0] >= no_frag - 1e-12
 
 
 def test_streaming_peak_is_one_pth_of_diloco():
   kw = dict(step_seconds=0.8, payload_bytes=20e9, num_replicas=2,
             bandwidth_gbps=10.0, inner_steps=100, num_layers=48)
-  d = netsim.simulate("diloco", **kw)
+  d = netsim.simulate("blocking", **kw)
   for p in (2, 4, 16, 50):
     s = netsim.simulate("streaming", fragments=p, overlap_steps=1, **kw)
     assert s["bytes_per_sync"] == pytest.approx(d["bytes_per_sync"] / p)
@@ -171,23 +171,23 @@ def test_streaming_peak_is_one_pth_of_diloco():
 def test_unreachable_and_trivial_targets():
   # Latency alone exceeds what 99.9% utilisation allows.
   assert math.isinf(netsim.required_bandwidth(
-      "ddp", target_utilisation=0.999, step_seconds=0.1, payload_bytes=1e6,
+      "every_step", target_utilisation=0.999, step_seconds=0.1, payload_bytes=1e6,
       num_replicas=8, latency_s=1.0))
   assert netsim.required_bandwidth(
-      "ddp", step_seconds=0.1, payload_bytes=1e6, num_replicas=1) == 0.0
+      "every_step", step_seconds=0.1, payload_bytes=1e6, num_replicas=1) == 0.0
 
 
 def test_required_bandwidth_meets_target_tightly():
   kw = dict(step_seconds=0.8, payload_bytes=2e10, num_replicas=4,
             inner_steps=50, latency_s=0.01, num_layers=48)
-  w = netsim.required_bandwidth("diloco", target_utilisation=0.8, **kw)
-  assert netsim.utilisation("diloco", bandwidth_gbps=w, **kw) >= 0.8
-  assert netsim.utilisation("diloco", bandwidth_gbps=w * 0.999, **kw) < 0.8
+  w = netsim.required_bandwidth("blocking", target_utilisation=0.8, **kw)
+  assert netsim.utilisation("blocking", bandwidth_gbps=w, **kw) >= 0.8
+  assert netsim.utilisation("blocking", bandwidth_gbps=w * 0.999, **kw) < 0.8
 
 
 def test_wall_clock_column():
   secs = netsim.simulated_wall_clock(
-      "diloco", num_steps=1000, step_seconds=0.01, payload_bytes=4e6,
+      "blocking", num_steps=1000, step_seconds=0.01, payload_bytes=4e6,
       num_replicas=2, bandwidth_gbps=1.0, inner_steps=100)
   # 10 rounds of (100 × 0.01 s + 32 ms all-reduce).
   assert secs == pytest.approx(10 * (1.0 + 0.032))
@@ -195,10 +195,10 @@ def test_wall_clock_column():
 
 @pytest.mark.parametrize("method,kw,match", [
     ("sgd", {}, "unknown method"),
-    ("ddp", {"inner_steps": 4}, "ddp syncs every step"),
-    ("diloco", {"inner_steps": 4, "fragments": 2}, "use method='streaming'"),
+    ("every_step", {"inner_steps": 4}, "every_step syncs every step"),
+    ("blocking", {"inner_steps": 4, "fragments": 2}, "use method='streaming'"),
     ("streaming", {"inner_steps": 4, "overlap_steps": 4}, "tau < H"),
-    ("diloco", {"inner_steps": 4, "num_replicas": 0}, "num_replicas"),
+    ("blocking", {"inner_steps": 4, "num_replicas": 0}, "num_replicas"),
 ])
 def test_bad_arguments(method, kw, match):
   args = dict(step_seconds=1.0, payload_bytes=1.0, num_replicas=2,

@@ -72,7 +72,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-METHODS = ("ddp", "diloco", "streaming")
+from fedjax_lab.comm.collectives import collective_seconds
+from fedjax_lab.comm.collectives import Message
+
+# How a method syncs (not which algorithm it is): 'every_step' (an all-reduce
+# after every step: data-parallel), 'blocking' (one all-reduce every
+# `inner_steps`, compute waits: DiLoCo and the other round rules) or
+# 'streaming' (Streaming DiLoCo's fragments, optionally overlapped).
+METHODS = ("every_step", "blocking", "streaming")
 
 # Kaplan's 6N rule: forward 2N FLOPs, backward 4N (activations and weights).
 DEFAULT_BACKWARD_FRACTION = 2.0 / 3.0
@@ -132,13 +139,11 @@ def allreduce_seconds(payload_bytes: float, num_replicas: int,
     latency_s: one hop's latency in seconds.
 
   Returns:
-    Seconds; 0 when M = 1 or nothing is sent.
+    Seconds; 0 when M = 1 or nothing is sent
+    (`fedjax_lab.comm.collectives.collective_seconds`, the one cost model).
   """
-  m = int(num_replicas)
-  if m <= 1 or payload_bytes <= 0:
-    return 0.0
-  return (2 * (m - 1) * latency_s
-          + 2 * (m - 1) / m * 8.0 * payload_bytes / (bandwidth_gbps * 1e9))
+  return collective_seconds(Message(float(payload_bytes), "all_reduce"),
+                            int(num_replicas), bandwidth_gbps, latency_s)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -155,18 +160,18 @@ def simulate(method: str, *, step_seconds: float, payload_bytes: float,
   """Steady-state wall-clock and compute utilisation of one method.
 
   Args:
-    method: "ddp" (all-reduce every step; H = 1, P = 1, τ = 0), "diloco"
-      (blocking all-reduce every `inner_steps`), or "streaming" (Streaming
+    method: "every_step" (all-reduce every step; H = 1, P = 1, τ = 0),
+      "blocking" (blocking all-reduce every `inner_steps`), or "streaming" (Streaming
       DiLoCo: `fragments` equal fragments, each synced every `inner_steps`,
       one every inner_steps / fragments steps, each overlapping
       `overlap_steps` inner steps).
     step_seconds: T, compute time of one inner step (forward + backward), e.g.
       measured.
     payload_bytes: bytes one replica sends per full sync (all fragments), as
-      counted by a compressor's `payload_bytes` (for ddp: the gradient).
+      counted by a compressor's `payload_bytes` (every_step: the gradient).
     num_replicas: M.
     bandwidth_gbps: per-replica cross-replica bandwidth, Gbit/s.
-    inner_steps: H (must be 1 for ddp).
+    inner_steps: H (must be 1 for every_step).
     latency_s: per-hop latency, seconds.
     fragments: P (streaming only; 1 otherwise).
     overlap_steps: τ, inner steps a sync may run behind (streaming only;
@@ -200,12 +205,13 @@ def simulate(method: str, *, step_seconds: float, payload_bytes: float,
          f"num_layers must be an int >= 1, got {num_layers}")
   _check(0 <= backward_fraction <= 1,
          f"backward_fraction must be in [0, 1], got {backward_fraction}")
-  if method == "ddp":
+  if method == "every_step":
     _check(inner_steps == 1 and fragments == 1 and overlap_steps == 0,
-           "ddp syncs every step: inner_steps=1, fragments=1, overlap_steps=0")
-  elif method == "diloco":
+           "every_step syncs every step: inner_steps=1, fragments=1, "
+           "overlap_steps=0")
+  elif method == "blocking":
     _check(fragments == 1 and overlap_steps == 0,
-           "diloco is one blocking sync: fragments=1, overlap_steps=0 "
+           "blocking is one sync per round: fragments=1, overlap_steps=0 "
            "(use method='streaming' for fragments or overlap)")
   else:
     _check(fragments <= inner_steps,
@@ -326,7 +332,7 @@ def table6_required_bandwidth(model: str, inner_steps: int,
     Gbit/s (continuous; see `round_up_to_paper_grid`).
   """
   params, layers, step, _ = TABLE6[model]
-  method = "ddp" if inner_steps == 1 else "diloco"
+  method = "every_step" if inner_steps == 1 else "blocking"
   return required_bandwidth(
       method, target_utilisation=target_utilisation, step_seconds=step,
       payload_bytes=params * wire_bits_per_param / 8, num_replicas=2,
@@ -339,9 +345,9 @@ def _variants(params: float, layers: int, inner_steps: int,
   p = max(1, layers // fragment_layers)
   h = inner_steps
   return [
-      ("DDP, bf16 gradients", "ddp", params * 2, {}),
-      (f"DiLoCo H={h}, bf16", "diloco", params * 2, {"inner_steps": h}),
-      (f"DiLoCo H={h}, int8", "diloco", params * 1, {"inner_steps": h}),
+      ("DDP, bf16 gradients", "every_step", params * 2, {}),
+      (f"DiLoCo H={h}, bf16", "blocking", params * 2, {"inner_steps": h}),
+      (f"DiLoCo H={h}, int8", "blocking", params * 1, {"inner_steps": h}),
       (f"Streaming H={h} P={p}, bf16", "streaming", params * 2,
        {"inner_steps": h, "fragments": p}),
       (f"Streaming H={h} P={p} tau={overlap_steps}, bf16", "streaming",

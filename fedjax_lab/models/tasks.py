@@ -39,6 +39,9 @@ class Task(NamedTuple):
       example; for an LM an example is one sequence of seq_len predicted
       tokens, so this is flops_per_token · seq_len.
     kind: 'lm' or 'classification'.
+    derived: metrics computed from the means over a whole evaluation (an
+      LM's perplexity is exp of the mean loss, not the mean of the batches'
+      exps): means → {name: value}. None: nothing derived.
   """
   init: Callable[[PRNGKey], Params]
   loss_fn: Callable[[Params, Batch, Optional[PRNGKey]],
@@ -46,6 +49,7 @@ class Task(NamedTuple):
   num_params: int
   flops_per_example: float
   kind: str
+  derived: Optional[Callable[[Dict[str, float]], Dict[str, float]]] = None
 
 
 def _count(init: Callable[[PRNGKey], Params]) -> int:
@@ -59,6 +63,12 @@ def _classification_metrics(logits, labels):
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
   return loss, accuracy
+
+
+def _lm_derived(means: Dict[str, float]) -> Dict[str, float]:
+  """Perplexity and bits per byte of a whole evaluation's mean loss."""
+  return {"perplexity": math.exp(min(means["loss"], 700.0)),
+          "bits_per_byte": means["loss"] / _LN2}
 
 
 def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
@@ -114,7 +124,8 @@ def lm_task(*, d_model: int = 128, num_layers: int = 2, num_heads: int = 4,
       num_params=num_params, num_layers=num_layers, seq_len=seq_len,
       d_model=d_model)
   return Task(init=init, loss_fn=loss_fn, num_params=num_params,
-              flops_per_example=per_token * seq_len, kind="lm")
+              flops_per_example=per_token * seq_len, kind="lm",
+              derived=_lm_derived)
 
 
 def classifier_task(*, model: str = "mlp", num_classes: int,

@@ -23,6 +23,7 @@ from fedjax_lab.run.build import build_run
 from fedjax_lab.run.build import Run
 from fedjax_lab.run.compare import check_base_overrides
 from fedjax_lab.run.compare import run_comparison
+from fedjax_lab.run.compare import run_widening
 from fedjax_lab.run.loop import Diverged
 from fedjax_lab.run.loop import train_and_evaluate
 from fedjax_lab.run.loop import TrainingStopped
@@ -37,5 +38,5 @@ __all__ = [
     "CheckpointError", "ConfigError", "Diverged", "Run", "TrainingStopped",
     "apply_overrides", "build_run", "check_base_overrides", "make_inner_opt",
     "make_schedule", "override_error", "quiet_orbax_logs", "run_comparison",
-    "train_and_evaluate", "versions",
+    "run_widening", "train_and_evaluate", "versions",
 ]

@@ -40,6 +40,7 @@ from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
 from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import schedule as schedule_lib
+from fedjax_lab.run import simclock
 from fedjax_lab.run import workdir as workdir_lib
 
 GIB = float(1 << 30)
@@ -63,6 +64,7 @@ class Run(NamedTuple):
   started_with: Optional[Dict[str, Any]]  # config.json of a resumed workdir.
   inner_steps: int = 0  # The round's step axis H (inner.steps, or local epochs' most).
   population: Optional["Population"] = None  # train.num_clients > 0 only.
+  clock: Any = None  # The simulated clock (fedjax_lab.clock.Clock).
 
 
 class Population(NamedTuple):
@@ -409,6 +411,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
     population = Population(
         sampler=sampler, store=store, local_epochs=tc.local_epochs,
         max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
+  clock = simclock.build_clock(config, task, engine, params)
   m, b = config.train.num_replicas, config.inner.batch_size
   return Run(config=config, workdir=workdir, task=task, train_src=train_src,
              eval_src=eval_src, test_src=test_src, shards=list(shards),
@@ -418,7 +421,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
              tokens_per_round=m * inner_steps * b * kind.example_units(
                  config.model),
              started_with=started_with, inner_steps=inner_steps,
-             population=population)
+             population=population, clock=clock)
 
 
 def _population_data(config, train_src):

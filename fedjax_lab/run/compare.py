@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import jax
 import ml_collections
@@ -121,4 +121,32 @@ def run_comparison(base_config: ml_collections.ConfigDict,
                                    * (len(arms) - i - 1)))
   if jax.process_index() == 0:
     report.write_report(results, workdir)
+  return results
+
+
+def run_widening(base_config: ml_collections.ConfigDict,
+                 arms: Sequence[Dict[str, Any]], workdir: str, *,
+                 reuse: bool = True,
+                 more: Optional[Callable[[List[Dict[str, Any]]],
+                                         List[Dict[str, Any]]]] = None
+                 ) -> List[Dict[str, Any]]:
+  """`run_comparison`, then again with the arms `more(results)` adds, until
+  it adds none (a tuning grid widened where its best point is on an edge).
+
+  Every pass runs the whole list (the report covers every arm); arms already
+  run, in this call or an earlier one with the same config, are reused, so
+  an interrupted search resumes where it stopped. With `reuse=False` the
+  first pass reruns the initial arms and later passes reuse only what this
+  call ran (or an identical completed run).
+  """
+  results = run_comparison(base_config, arms, workdir, reuse=reuse)
+  arms = list(arms)
+  while more is not None:
+    new = more(results)
+    if not new:
+      break
+    arms += new
+    progress.say("widening: %d more arm(s): %s", len(new),
+                 ", ".join(a["name"] for a in new))
+    results = run_comparison(base_config, arms, workdir, reuse=True)
   return results

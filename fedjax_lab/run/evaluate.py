@@ -11,7 +11,6 @@ evaluation of a completed run covers `data.final_eval_batches` batches, 0 =
 the whole split (the last batch smaller, batch means weighted by size).
 """
 
-import math
 from typing import Dict, Optional
 
 import jax
@@ -39,6 +38,7 @@ class Evaluator:
     self._periodic = {split: self._gather(split, plan) for split, plan in
                       self._plans["periodic"].items()}
     loss_fn = run.task.loss_fn
+    self._derived = run.task.derived
     self._step = jax.jit(lambda p, batch: loss_fn(p, batch, None)[1])
 
   def _gather(self, split: str, plan):
@@ -80,7 +80,6 @@ class Evaluator:
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     total = sum(n for _, n in batches)
     means = {k: float(v) / total for k, v in fetch_replicated(sums).items()}
-    if "perplexity" in means:  # Of the mean loss, not the mean of exps.
-      means["perplexity"] = math.exp(min(means["loss"], 700.0))
-      means["bits_per_byte"] = means["loss"] / math.log(2.0)
+    if self._derived is not None:  # E.g. perplexity of the mean loss.
+      means.update(self._derived(means))
     return means

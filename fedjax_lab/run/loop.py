@@ -51,6 +51,7 @@ from fedjax_lab.metrics import write_json
 from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
+from fedjax_lab.run import simclock
 from fedjax_lab.run import workdir as workdir_lib
 from fedjax_lab.run.evaluate import Evaluator
 from fedjax_lab.run.summary import make_summary
@@ -167,6 +168,7 @@ class _Loop:
     self.evaluate = Evaluator(run)
     self.meta["eval_protocol"] = self.evaluate.describe()
     self.clock = progress.Clock(self.start, self.tc.rounds)
+    self.sim = simclock.RoundClock(run.clock, self.meta)
 
   def _make_loader(self):
     run, pop = self.run, self.population
@@ -201,9 +203,11 @@ class _Loop:
   def counters(self, r: int) -> Dict[str, Any]:
     h, comm = self.run.inner_steps or self.config.inner.steps, self.run.comm
     return {"round": r, "step": r * h,
-            "tokens": self._tokens(r),
+            "tokens": self._tokens(r) - self.sim.skipped_steps(r) * (
+                self.run.tokens_per_round // (self.tc.num_replicas * h)),
             "payload_bytes": r * comm["payload_bytes"],
-            "ring_bytes": r * comm["ring_bytes"]}
+            "ring_bytes": r * comm["ring_bytes"],
+            "sim_seconds": self.sim.seconds(r)}
 
   def write(self, row: Dict[str, Any]) -> None:
     row = jsonable(row)
@@ -219,6 +223,7 @@ class _Loop:
       if empty and (k in _PER_PARTICIPANT or k.startswith("inner/")):
         value = None  # No replica took part: no loss, not a loss of 0.
       row[f"train/{k}"] = value
+    row["sim_round_s"] = self.sim.round_seconds(r)
     row["time_s"] = self.meta["wall_s"] + self.clock.elapsed()
     return row
 
@@ -245,6 +250,7 @@ class _Loop:
     self.writer.flush()
     for rr in [rr for rr in self.tokens_at if rr < r]:
       del self.tokens_at[rr]  # Written; round r's may still label an eval row.
+    self.sim.forget_before(r)
     for rr, n_bad, streak in problems:
       self._apply_policy(rr, n_bad, streak)
     self._log_progress(r)
@@ -341,10 +347,12 @@ class _Loop:
     if self.tc.get("outer_drop_prob"):
       kwargs["mask"] = drop_mask(self.tc.seed, r, self.tc.num_replicas,
                                  self.tc.outer_drop_prob)
+    kwargs, plan = self.sim.round_kwargs(r, kwargs)
     if self.batch_hook is not None:
       batch = self.batch_hook(batch, r, self.run.replica_ids)
     t0 = time.time()
     self.state, mt = self.engine.round(self.state, batch, **kwargs)
+    self.sim.advance(r, plan)
     if self.store is not None:
       # A slot that took no step kept its gathered state; one that sat out
       # or diverged too (the engine keeps it), so writing back is exact.

@@ -6,9 +6,10 @@ writes into the comparison's directory:
 * results.md / results.csv: per run, the final test loss (the reported
   number: test split, whole split), the final validation loss (what tuning
   chose by), perplexity, bytes each replica sent (payload and ring
-  all-reduce), the ratio to the ddp arm's bytes, tokens and wall time; when
-  an arm's config sets `train.target_eval_loss`, the rounds to target (the
-  first eval round whose validation loss is <= it; '—' when never reached);
+  all-reduce), the ratio to the data-parallel arm's bytes, tokens, wall time
+  and simulated time (hours); when an arm's config sets
+  `train.target_eval_loss`, the rounds and the simulated time to target (the
+  first eval whose validation loss is <= it; '—' when never reached);
   with several seeds per setting (an arm's 'group'), a first table of test
   loss mean ± std and min–max over seeds with the setting's hyperparameters;
 * eval_loss_vs_steps.png, eval_loss_vs_bytes.png and
@@ -16,22 +17,23 @@ writes into the comparison's directory:
   training (a fixed stratified sample; validation when a run has no test
   split), one line per setting: the seed mean, with a min–max band.
 
-The simulated wall-clock (fedjax_lab.comm.netsim) is what each arm would take
-with its replicas on separate islands joined by a `bandwidth_gbps` link: the
-compute time of one replica's inner step is measured here (the median over
-arms of round time / (H·M), since this machine runs the M replicas one after
-another) and every arm's counted bytes go over the simulated ring all-reduce
-(blocking: ddp every step, the others every H steps).
+The simulated wall-clock is what each run recorded (fedjax_lab.clock: every
+metrics row's `sim_seconds`, summary.json's `sim_seconds` and `clock`): each
+replica's steps at its own device's speed (its batch's FLOPs), the messages
+its algorithm sends (every step or once a round, per fragment) over the
+profile's network, and the sync policy. The report header states the profile.
+The data-parallel reference of `bytes_vs_ddp` is the run that recorded that it
+syncs every step with a dense all-reduce (`syncs_every_step`, `collectives`).
 """
 
 import csv
 import math
 import os
+import textwrap
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fedjax_lab.comm import netsim
 from fedjax_lab.metrics import METRICS_FILE
 from fedjax_lab.metrics import read_rows
 
@@ -40,44 +42,42 @@ TABLE_CSV = "results.csv"
 PLOT_STEPS = "eval_loss_vs_steps.png"
 PLOT_BYTES = "eval_loss_vs_bytes.png"
 PLOT_SIM = "eval_loss_vs_simulated_wall.png"
-# The simulated link between islands: a fast WAN / slow datacenter link.
-SIM_BANDWIDTH_GBPS = 1.0
-SIM_LATENCY_S = 1e-3
 
 
-def _measured_step_seconds(r: Dict[str, Any]) -> Optional[float]:
-  """One replica's inner-step compute time in this arm (compile excluded)."""
-  timing = r.get("timing") or {}
-  rounds, h, m = r.get("rounds"), r.get("inner_steps"), r.get("num_replicas")
-  total, first = timing.get("total_s"), timing.get("first_round_s")
-  if not (rounds and rounds > 1 and h and m and total and first is not None):
-    return None
-  return max(total - first, 1e-9) / (rounds - 1) / h / m
+def is_data_parallel(r: Dict[str, Any]) -> bool:
+  """Whether a run recorded that it syncs every step with a dense all-reduce
+  (the data-parallel reference arm)."""
+  return bool(r.get("syncs_every_step")) and r.get("collectives") == [
+      "all_reduce"]
 
 
-def simulated_seconds_per_step(results: Sequence[Dict[str, Any]], *,
-                               bandwidth_gbps: float = SIM_BANDWIDTH_GBPS,
-                               latency_s: float = SIM_LATENCY_S
-                               ) -> Dict[str, float]:
-  """{arm name: simulated wall seconds per inner step} (see module doc)."""
-  measured = [s for s in map(_measured_step_seconds, results) if s]
-  if not measured:
-    return {}
-  step_s = float(np.median(measured))
-  out = {}
-  for r in results:
-    steps = r.get("steps") or 0
-    if not steps or not r.get("payload_bytes"):
-      continue
-    ddp = r.get("algorithm") == "ddp"
-    h = 1 if ddp else r["inner_steps"]
-    per_sync = r["payload_bytes"] / (steps / h)
-    out[r["name"]] = netsim.simulate(
-        "ddp" if ddp else "diloco", step_seconds=step_s,
-        payload_bytes=per_sync, num_replicas=r.get("num_replicas") or 1,
-        inner_steps=h, bandwidth_gbps=bandwidth_gbps,
-        latency_s=latency_s)["wall_seconds_per_step"]
-  return out
+def _policy(r: Dict[str, Any]) -> Optional[str]:
+  return (r.get("clock") or {}).get("policy")
+
+
+def profile_text(results: Sequence[Dict[str, Any]]) -> str:
+  """The simulated devices and network of a comparison, in one sentence."""
+  configs = [(r.get("config") or {}).get("clock") for r in results]
+  configs = [c for c in configs if c]
+  if not configs:
+    return ""
+  c = configs[0]
+  speeds = {tuple(x.get("speeds") or ()) for x in configs}
+  device = (f"{c['step_seconds']:g} s per step at speed 1" if c.get(
+      "step_seconds") else f"{c['device_flops']:.3g} FLOP/s per replica "
+            "(step time from each arm's FLOPs per step)")
+  spread = ("equal speeds" if speeds == {()} else "relative speeds " + "; ".join(
+      str(list(s)) if s else "all 1" for s in sorted(speeds)))
+  extra = []
+  if c.get("lognormal_sigma"):
+    extra.append(f"lognormal σ {c['lognormal_sigma']:g}")
+  if c.get("straggler_prob"):
+    extra.append(f"stragglers p {c['straggler_prob']:g} × "
+                 f"{c['straggler_factor']:g}")
+  return (f"Simulated clock: {device}, {spread}"
+          + "".join(", " + e for e in extra)
+          + f"; links {c['bandwidth_gbps']:g} Gbit/s, latency "
+          f"{c['latency_s']:g} s per hop.")
 
 
 def _outer_lr(r: Dict[str, Any]) -> Optional[float]:
@@ -107,14 +107,27 @@ def _target(r: Dict[str, Any]) -> float:
                or 0.0)
 
 
-def rounds_to_target(eval_rows: Sequence[Dict[str, Any]],
-                     target: float) -> Optional[int]:
-  """The first eval round whose loss is <= `target` (None: never)."""
+def _first_at_target(eval_rows, target: float) -> Optional[Dict[str, Any]]:
   for row in sorted(eval_rows, key=lambda row: row["round"]):
     loss = row.get("eval/loss")
     if loss is not None and loss <= target:
-      return int(row["round"])
+      return row
   return None
+
+
+def rounds_to_target(eval_rows: Sequence[Dict[str, Any]],
+                     target: float) -> Optional[int]:
+  """The first eval round whose loss is <= `target` (None: never)."""
+  row = _first_at_target(eval_rows, target)
+  return None if row is None else int(row["round"])
+
+
+def time_to_target(eval_rows: Sequence[Dict[str, Any]],
+                   target: float) -> Optional[float]:
+  """Simulated seconds at the first eval whose loss is <= `target` (None:
+  never, or rows without a simulated clock)."""
+  row = _first_at_target(eval_rows, target)
+  return None if row is None else row.get("sim_seconds")
 
 
 def rows_of(results: Sequence[Dict[str, Any]],
@@ -124,9 +137,8 @@ def rows_of(results: Sequence[Dict[str, Any]],
   With `workdir` (the comparison's) and an arm with `train.target_eval_loss`
   set, every row also has `target_eval_loss` and `rounds_to_target`.
   """
-  sim = simulated_seconds_per_step(results)
-  ddp = [r for r in results if r.get("algorithm") == "ddp"]
-  ddp_bytes = ddp[0]["payload_bytes"] if ddp else None
+  reference = [r for r in results if is_data_parallel(r)]
+  ddp_bytes = reference[0]["payload_bytes"] if reference else None
   rows = []
   for r in results:
     ev = r.get("final_eval", {}) or {}
@@ -162,8 +174,10 @@ def rows_of(results: Sequence[Dict[str, Any]],
                          if ddp_bytes else None),
         "nonfinite_replicas": r.get("nonfinite_replicas"),
         "wall_s": r.get("wall_s"),
-        "simulated_wall_s": (sim[r["name"]] * r["steps"]
-                             if r["name"] in sim else None),
+        "policy": _policy(r),
+        "simulated_wall_s": r.get("sim_seconds"),
+        "simulated_hours": (None if r.get("sim_seconds") is None
+                            else r["sim_seconds"] / 3600.0),
     })
   if workdir is not None and any(_target(r) for r in results):
     evals = dict(_curves(results, workdir))
@@ -172,6 +186,8 @@ def rows_of(results: Sequence[Dict[str, Any]],
       row["target_eval_loss"] = target or None
       row["rounds_to_target"] = (rounds_to_target(evals.get(r["name"], []),
                                                   target) if target else None)
+      row["time_to_target_s"] = (time_to_target(evals.get(r["name"], []),
+                                                target) if target else None)
   return rows
 
 
@@ -186,11 +202,11 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   head = ("| arm | algorithm | M | H | inner lr | outer hparams | seed | "
           "test loss | validation loss | test perplexity | sent / replica | "
           "ring / replica | "
-          f"bytes vs ddp | wall | simulated wall @ {SIM_BANDWIDTH_GBPS:g} Gbit/s |")
+          "bytes vs ddp | wall | sync policy | simulated time |")
   target = any("rounds_to_target" in r for r in rows)
   if target:
-    head += " rounds to target |"
-  lines = [head, "|" + "---|" * (16 if target else 15)]
+    head += " rounds to target | simulated time to target |"
+  lines = [head, "|" + "---|" * (18 if target else 16)]
   key = lambda r: (_reported(r) is None, _reported(r) or 0.0)
   for r in sorted(rows, key=key):
     ratio = r["bytes_vs_ddp"]
@@ -206,10 +222,20 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         f"{_num(r['final_test_perplexity'], '{:.2f}')} | "
         f"{_fmt_bytes(r['payload_bytes'] or 0)} | "
         f"{_fmt_bytes(r['ring_bytes'] or 0)} | {ratio_txt} | "
-        f"{_num(r['wall_s'], '{:.0f} s')} | "
-        f"{_num(r['simulated_wall_s'], '{:.3g} s')} |"
-        + (f" {_target_text(r)} |" if target else ""))
+        f"{_num(r['wall_s'], '{:.0f} s')} | {r.get('policy') or '—'} | "
+        f"{_sim_text(r.get('simulated_wall_s'))} |"
+        + (f" {_target_text(r)} | {_sim_text(r.get('time_to_target_s'))} |"
+           if target else ""))
   return "\n".join(lines) + "\n"
+
+
+def _sim_text(seconds: Optional[float]) -> str:
+  """Simulated seconds, in hours when long."""
+  if seconds is None:
+    return "—"
+  if seconds >= 3600:
+    return f"{seconds / 3600:.3g} h"
+  return f"{seconds:.3g} s"
 
 
 def _target_text(r: Dict[str, Any]) -> str:
@@ -254,6 +280,7 @@ def group_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         "payload_bytes": first["payload_bytes"],
         "bytes_vs_ddp": first["bytes_vs_ddp"],
         "tokens_per_param": first["tokens_per_param"],
+        "simulated": seed_stats([r.get("simulated_wall_s") for r in g]),
     })
   return sorted(out, key=lambda r: (r["test"]["mean"] is None,
                                     r["test"]["mean"] or 0.0))
@@ -267,7 +294,8 @@ def seed_table(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
     return None
   lines = ["| setting | algorithm | M | H | inner lr | outer hparams | seeds | "
            "test loss mean ± std | test min–max | validation mean | "
-           "sent / replica | bytes vs ddp |", "|" + "---|" * 12]
+           "sent / replica | bytes vs ddp | simulated time (mean) |",
+           "|" + "---|" * 13]
   for g in groups:
     t, v = g["test"], g["validation"]
     txt = "—" if t["mean"] is None else f"{t['mean']:.4f} ± {t['std']:.4f}"
@@ -279,7 +307,8 @@ def seed_table(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
         f"{g['inner_steps']} | {_num(g['inner_lr'], '{:g}')} | "
         f"{g['outer_hparams'] or '—'} | {len(g['seeds'])}{failed} | {txt} | "
         f"{span} | {_num(v['mean'])} | {_fmt_bytes(g['payload_bytes'] or 0)} | "
-        f"{'—' if ratio is None else f'{ratio:.3g}'} |")
+        f"{'—' if ratio is None else f'{ratio:.3g}'} | "
+        f"{_sim_text(g['simulated']['mean'])} |")
   return "\n".join(lines) + "\n"
 
 
@@ -318,7 +347,14 @@ def seed_curves(results, workdir: str, key: str = "test/loss"
                     for row in sorted(ev, key=lambda row: row["round"])
                     if row["round"] in common] for ev in runs], np.float64)
     first = {row["round"]: row for row in runs[0]}
+    sims = np.array([[np.nan if row.get("sim_seconds") is None
+                      else row["sim_seconds"]
+                      for row in sorted(ev, key=lambda row: row["round"])
+                      if row["round"] in common] for ev in runs], np.float64)
     out[group] = {
+        # Simulated seconds: the seed mean (a seeded profile differs).
+        "sim_seconds": (np.nanmean(sims, 0) if not np.all(np.isnan(sims))
+                        else np.full(len(rounds), np.nan)),
         "round": np.array(rounds),
         "step": np.array([first[r]["step"] for r in rounds], np.float64),
         "payload_bytes": np.array([first[r]["payload_bytes"] for r in rounds],
@@ -335,23 +371,19 @@ def plot_curves(results, workdir: str) -> List[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   curves = seed_curves(results, workdir)
-  sim = simulated_seconds_per_step(results)
-  group_sim = {}
-  for r in results:
-    group_sim.setdefault(r.get("group") or r["name"], sim.get(r["name"], np.nan))
-  for group, c in curves.items():
-    c["simulated_wall_s"] = c["step"] * group_sim.get(group, np.nan)
+  reference = {r.get("group") or r["name"] for r in results
+               if is_data_parallel(r)}
+  profile = profile_text(results)
   split = ("test" if curves and all(c["key"] == "test/loss"
                                     for c in curves.values()) else "held-out")
   written = []
   for xkey, xlabel, fname, logx in (
       ("step", "inner steps per replica", PLOT_STEPS, False),
       ("payload_bytes", "bytes sent per replica (cumulative)", PLOT_BYTES, True),
-      ("simulated_wall_s", f"simulated wall-clock (s), islands joined by "
-       f"{SIM_BANDWIDTH_GBPS:g} Gbit/s", PLOT_SIM, True)):
+      ("sim_seconds", "simulated wall-clock (s)", PLOT_SIM, True)):
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for i, (group, c) in enumerate(curves.items()):
-      ddp = group.startswith("ddp")
+      ddp = group in reference
       color = "black" if ddp else plt.cm.tab20(i % 20)
       label = group + (f" ({c['seeds']} seeds)" if c["seeds"] > 1 else "")
       ax.plot(c[xkey], c["mean"], "-", marker="o", markersize=3,
@@ -363,7 +395,10 @@ def plot_curves(results, workdir: str) -> List[str]:
       ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{split} loss (nats/byte)")
-    ax.set_title(f"{split} loss, equal token budget: seed mean, min–max band")
+    title = f"{split} loss, equal token budget: seed mean, min–max band"
+    if xkey == "sim_seconds" and profile:
+      title += "\n" + textwrap.fill(profile, 110)
+    ax.set_title(title, fontsize=9 if "\n" in title else None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -389,6 +424,9 @@ def _header(results, rows) -> str:
     lines.append(f"Final numbers: {protocol['final']}.")
   if protocol.get("periodic"):
     lines.append(f"Curves: {protocol['periodic']}.")
+  profile = profile_text(results)
+  if profile:
+    lines.append(profile)
   return "\n".join(lines) + ("\n\n" if lines else "")
 
 

@@ -68,6 +68,9 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   tokens = rounds_done * run.tokens_per_round
   if run.population is not None and config.train.local_epochs:
     tokens = meta.get("tokens", 0)  # Clients' own steps, summed per round.
+  # Steps a sync policy skipped (DyLU, a deadline's shorter replicas).
+  tokens -= meta.get("skipped_steps", 0) * (
+      run.tokens_per_round // (config.train.num_replicas * h))
   out = {
       "status": status,
       "algorithm": config.outer.name,
@@ -97,6 +100,13 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       "nonfinite_replicas": meta.get("nonfinite_replicas", 0),
       "empty_rounds": meta.get("empty_rounds", 0),
       "wall_s": meta["wall_s"],
+      # The simulated clock (fedjax_lab.clock): seconds on the profile's
+      # devices and network, the profile, and what the algorithm sends.
+      "sim_seconds": (meta.get("clock") or {}).get("seconds", 0.0),
+      "clock": run.clock.describe() if run.clock is not None else None,
+      "syncs_every_step": engine.every_step,
+      "collectives": sorted({msg.collective
+                             for _, msg in engine.messages(run.params)}),
       "timing": timing,
       "resumed_from": resumed_from,
       "resumes": meta.get("resumes", 0),

@@ -47,6 +47,14 @@ _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "train.max_local_steps": 0, "train.target_eval_loss": 0.0,
                  "model.remat": False, "train.outer_drop_prob": 0.0,
                  "data.final_eval_batches": 0, "data.eval_split": "",
+                 # Made before the simulated clock: its defaults.
+                 "clock.policy": "wait_all", "clock.step_seconds": 0.0,
+                 "clock.device_flops": 1e12, "clock.speeds": [],
+                 "clock.lognormal_sigma": 0.0, "clock.straggler_prob": 0.0,
+                 "clock.straggler_factor": 4.0, "clock.bandwidth_gbps": 1.0,
+                 "clock.latency_s": 1e-3, "clock.deadline_quantile": 0.75,
+                 "clock.deadline_seconds": 0.0,
+                 "clock.deadline_mode": "partial", "clock.dylu_min_steps": 1,
                  # Made before the stdlib corpus had a test split (v1.0.0,
                  # whose train split was larger): such a run cannot resume.
                  "data.test_split": ""}
