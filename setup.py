@@ -34,5 +34,10 @@ setuptools.setup(
             "nbmake>=1.5",
             "ruff>=0.6",
         ],
+        # tools/mutation.py (mutation testing, not run in CI; docs/mutation.md).
+        # mutmut 2.x: a fresh process per mutant (3.x forks a traced JAX process).
+        "mutation": [
+            "mutmut==2.5.1",
+        ],
     },
 )
