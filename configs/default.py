@@ -148,7 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   # replica on its own device, joined by a network. Only the policy changes training ('wait_all'
   # with equal speeds trains exactly as no clock); every run records its simulated seconds.
   config.clock = ml_collections.ConfigDict()
-  config.clock.policy = "wait_all"  # 'wait_all' (a round waits for the slowest), 'dylu' (steps per replica ∝ its speed) or 'deadline'.
+  config.clock.policy = "wait_all"  # 'wait_all' (a round waits for the slowest), 'dylu' (steps per replica ∝ its speed), 'deadline' or 'async'.
   config.clock.step_seconds = 0.0  # Seconds of one inner step at speed 1 (the replica's own batch); 0 = training FLOPs per step / clock.device_flops.
   config.clock.device_flops = 1e12  # FLOP/s one replica's device sustains (used when step_seconds = 0).
   config.clock.speeds = ()  # Relative speed of each replica (M numbers > 0, 1 = the device above); () = all 1.
@@ -161,6 +161,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.clock.deadline_seconds = 0.0  # policy='deadline': D in seconds of compute instead (> 0); 0 = use the quantile.
   config.clock.deadline_mode = "partial"  # policy='deadline': 'partial' (a late replica's finished steps count) or 'drop' (it is left out).
   config.clock.dylu_min_steps = 1  # policy='dylu': the fewest local steps a replica takes.
+  # policy='async' (Asynchronous Local-SGD, arXiv 2401.09135; fedjax_lab/async_local_sgd.py): the
+  # server applies each replica's outer gradient when it arrives; a round is M arrivals.
+  config.clock.async_rule = "delayed_nesterov"  # policy='async': server rule, 'delayed_nesterov' (DN) or 'vanilla' (Nesterov SGD on Δ_i/√M).
+  config.clock.async_learning_rate = 0.0  # policy='async': the server rule's learning rate; 0 = the rule's default (DN 0.7, vanilla 0.07).
+  config.clock.async_momentum = 0.9  # policy='async': the server rule's (Nesterov) momentum, in [0, 1).
+  config.clock.async_delay = 0  # policy='async': DN's N, arrivals per momentum update; 0 = train.num_replicas (the paper's).
+  config.clock.async_grace = 0.0  # policy='async': arrivals within this many of the fastest replica's step times after a burst's first one join the burst.
+  config.clock.async_dylu = False  # policy='async': DyLU, replica i takes max(⌊H·t_fastest/t_i⌋, clock.dylu_min_steps) steps per task.
 
   # Devices.
   config.mesh = ml_collections.ConfigDict()

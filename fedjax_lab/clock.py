@@ -43,9 +43,10 @@ import numpy as np
 from fedjax_lab.comm.collectives import collective_seconds
 from fedjax_lab.comm.collectives import Message
 
-# The synchronous policies. An asynchronous one (Async Local-SGD) drives its
-# own event loop rather than a `Plan` per round, and is added beside these.
-POLICIES = ("wait_all", "dylu", "deadline")
+# The sync policies. 'async' (Asynchronous Local-SGD) has no `Plan` per round:
+# the run drives `async_local_sgd.AsyncSimulator` instead (run/async_rounds.py),
+# whose own event loop keeps the time.
+POLICIES = ("wait_all", "dylu", "deadline", "async")
 DEADLINE_MODES = ("partial", "drop")
 _STRAGGLER_TAG = 0xC10C  # Separates the clock's draws from the data's.
 _EPS = 1e-9  # Step counts from float ratios: 3.9999999 steps is 4.

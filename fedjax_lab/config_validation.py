@@ -29,6 +29,7 @@ from fedjax_lab import clock as clock_lib
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.models import tasks as tasks_lib
+from fedjax_lab.outer import async_rules
 
 
 class ConfigError(ValueError):
@@ -188,6 +189,12 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "deadline_seconds": ("float", NONNEG),
         "deadline_mode": ("str", _one_of(clock_lib.DEADLINE_MODES)),
         "dylu_min_steps": ("int", POSITIVE),
+        "async_rule": ("str", _one_of(sorted(async_rules.SERVER_RULES))),
+        "async_learning_rate": ("float", NONNEG),
+        "async_momentum": ("float", _range(0.0, 1.0, hi_open=True)),
+        "async_delay": ("int", NONNEG),
+        "async_grace": ("float", NONNEG),
+        "async_dylu": ("bool", _any),
     },
     "mesh": {
         "num_devices": ("int", _range(-1)),
@@ -460,9 +467,32 @@ def check_clock(config) -> None:
         f"(train.num_clients={config.train.num_clients}) is not supported "
         "yet (each client's examples would need rescaling); allowed: "
         "'wait_all'")
-  if ck.policy == "dylu" and ck.dylu_min_steps > config.inner.steps:
+  if ck.policy == "async":
+    check_async(config)
+  dylu = ck.policy == "dylu" or (ck.policy == "async" and ck.async_dylu)
+  if dylu and ck.dylu_min_steps > config.inner.steps:
     raise ConfigError(f"clock.dylu_min_steps: must be <= inner.steps="
                       f"{config.inner.steps}, got {ck.dylu_min_steps}")
+
+
+def check_async(config) -> None:
+  """clock.policy='async' (the engine's own refusals, `why_not_async`, come
+  in build, where the engine is)."""
+  ck, tc = config.clock, config.train
+  if ck.straggler_prob:
+    raise ConfigError(
+        f"clock.straggler_prob: {show(ck.straggler_prob)} draws stragglers per "
+        "round, and clock.policy='async' has no rounds to draw them in; "
+        "allowed: 0 (give slow replicas through clock.speeds)")
+  if tc.get("outer_drop_prob"):
+    raise ConfigError(
+        f"train.outer_drop_prob: {show(tc.outer_drop_prob)} drops outer "
+        "gradients per round, and clock.policy='async' applies each one as it "
+        "arrives; allowed: 0")
+  if ck.async_delay and "delay" not in async_rules.rule_hparams(ck.async_rule):
+    raise ConfigError(
+        f"clock.async_delay: {ck.async_delay} is Delayed Nesterov's N, and "
+        f"clock.async_rule is {ck.async_rule!r}; allowed: 0")
 
 
 def check_population(config) -> None:

@@ -343,7 +343,7 @@ def test_interrupted_run_resumes_bit_identically_clock_included(tmp_path,
     ({"clock.bandwidth_gbps": "0.0"}, "clock.bandwidth_gbps"),
     ({"clock.latency_s": "-1.0"}, "clock.latency_s"),
     ({"clock.straggler_factor": "0.5"}, "clock.straggler_factor"),
-    ({"clock.policy": "async"}, "clock.policy"),
+    ({"clock.policy": "asynchronous"}, "clock.policy"),  # Unknown.
     ({"clock.policy": "dylu", "outer.name": "ddp"}, "clock.policy"),
     ({"clock.policy": "deadline", "clock.deadline_seconds": "1e-12"},
      "clock.deadline_seconds"),

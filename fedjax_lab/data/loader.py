@@ -264,6 +264,23 @@ class RoundLoader(RoundPrefetcher):
     """The next round: dict of numpy arrays [len(replica_ids), H, B, ...]."""
     return super().next()
 
+  def task_batches(self, replicas: Sequence[int], positions: Sequence[int],
+                   num_steps: Sequence[int], max_steps: int
+                   ) -> Dict[str, np.ndarray]:
+    """Batches of tasks that do not follow rounds (asynchronous workers):
+    for each replica r_k, steps [positions_k, positions_k + num_steps_k) of
+    its stream (the same stream `next` reads, B examples a step), padded to
+    `max_steps` by repeating the last step. A pure function of its
+    arguments: [k, max_steps, B, ...]. Independent of `next`'s position."""
+    b, rows = self._batch_size, []
+    for r, pos, n in zip(replicas, positions, num_steps):
+      pos, n = int(pos), int(n)
+      idx = self._stream(int(r), pos * b, n * b).reshape(n, b)
+      if n < max_steps:
+        idx = np.concatenate([idx, np.repeat(idx[-1:], max_steps - n, 0)])
+      rows.append(idx)
+    return gather(self._source, np.stack(rows))
+
   def get_state(self) -> Dict[str, Any]:
     """The position after the last delivered round (JSON-serialisable)."""
     return {

@@ -8,6 +8,7 @@ up to one Nesterov step on their mean). The simulation that applies them is
 fedjax_lab/async_local_sgd.py.
 """
 
+import inspect
 import math
 from typing import NamedTuple
 
@@ -85,3 +86,9 @@ def server_rule(name: str, *, num_workers: int, **hparams
                      f"{', '.join(sorted(SERVER_RULES))}")
   factory, defaults = SERVER_RULES[name]
   return factory(**{**defaults(num_workers), **hparams})
+
+
+def rule_hparams(name: str) -> frozenset:
+  """The hyperparameters server rule `name` takes (its factory's keywords)."""
+  factory, _ = SERVER_RULES[name]
+  return frozenset(inspect.signature(factory).parameters)

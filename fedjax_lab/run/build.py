@@ -38,6 +38,7 @@ from fedjax_lab.engine import replica_mesh
 from fedjax_lab.fragments import FragmentSchedule
 from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
 from fedjax_lab.models import tasks as tasks_lib
+from fedjax_lab.run import async_rounds
 from fedjax_lab.run import progress
 from fedjax_lab.run import schedule as schedule_lib
 from fedjax_lab.run import simclock
@@ -65,6 +66,8 @@ class Run(NamedTuple):
   inner_steps: int = 0  # The round's step axis H (inner.steps, or local epochs' most).
   population: Optional["Population"] = None  # train.num_clients > 0 only.
   clock: Any = None  # The simulated clock (fedjax_lab.clock.Clock).
+  # clock.policy='async': the `AsyncSimulator` the loop's rounds run on.
+  async_sim: Any = None
 
 
 class Population(NamedTuple):
@@ -412,6 +415,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
         sampler=sampler, store=store, local_epochs=tc.local_epochs,
         max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
   clock = simclock.build_clock(config, task, engine, params)
+  async_sim = None
+  if config.clock.policy == "async":
+    async_sim = async_rounds.build_simulator(config, engine, clock, params)
   m, b = config.train.num_replicas, config.inner.batch_size
   return Run(config=config, workdir=workdir, task=task, train_src=train_src,
              eval_src=eval_src, test_src=test_src, shards=list(shards),
@@ -421,7 +427,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
              tokens_per_round=m * inner_steps * b * kind.example_units(
                  config.model),
              started_with=started_with, inner_steps=inner_steps,
-             population=population, clock=clock)
+             population=population, clock=clock, async_sim=async_sim)
 
 
 def _population_data(config, train_src):

@@ -15,6 +15,11 @@
 Every metrics row carries the cumulative bytes each replica has sent, so
 curves can be drawn against bytes as well as steps.
 
+Under clock.policy='async' the round step is `async_rounds.AsyncRounds`
+(round r = the Asynchronous Local-SGD server's arrivals (r − 1)·M + 1 … r·M)
+instead of `Engine.round`, and the checkpointed state is its `AsyncState`;
+everything else (rows, evaluations, checkpoints, policies) is this loop's.
+
 A population run (`train.num_clients` > 0, see build.py) draws each round's
 M clients and their batches from a `PopulationLoader` and passes the
 clients' local steps and example counts to `Engine.round`; with a client
@@ -49,6 +54,7 @@ from fedjax_lab.metrics import jsonable
 from fedjax_lab.metrics import MetricsWriter
 from fedjax_lab.metrics import write_json
 from fedjax_lab.models import tasks as tasks_lib
+from fedjax_lab.run import async_rounds
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
 from fedjax_lab.run import simclock
@@ -122,6 +128,9 @@ class _Loop:
     self.population = run.population
     self.store = run.population.store if run.population else None
     self.tokens_at: Dict[int, int] = {}  # Round -> cumulative tokens (local epochs).
+    # The round step: `Engine.round` on the loader's next round, or under
+    # clock.policy='async' the simulator's next M arrivals (set in open()).
+    self.async_rounds: Optional[async_rounds.AsyncRounds] = None
 
   # -- Start: lock, config.json, restore. -----------------------------------
 
@@ -133,7 +142,15 @@ class _Loop:
       workdir_lib.write_config(run.workdir, self.config)
     self.checkpointer = Checkpointer(
         os.path.join(run.workdir, CHECKPOINT_DIR), keep=self.tc.keep)
-    target = self.engine.abstract_state(run.params)
+    if run.async_sim is not None:
+      self.async_rounds = async_rounds.AsyncRounds(
+          run.async_sim, None, {}, seed=self.tc.seed,
+          tokens_per_step=self.run.tokens_per_round // (
+              self.tc.num_replicas * self.engine.inner_steps),
+          batch_hook=self.batch_hook)
+      target = self.async_rounds.init(run.params)  # Concrete: numpy clock leaves.
+    else:
+      target = self.engine.abstract_state(run.params)
     if self.store is not None:
       target = {"train_state": target,
                 "client_store": self.store.state_dict(copy=False)}
@@ -143,7 +160,8 @@ class _Loop:
       self.store.load_state_dict(restored.state["client_store"])
       restored = restored._replace(state=restored.state["train_state"])
     if restored is None:
-      self.state = self.engine.init(run.params, seed=self.tc.seed)
+      self.state = (target if self.async_rounds is not None else
+                    self.engine.init(run.params, seed=self.tc.seed))
       self.start, self.meta = 0, _fresh_meta()
       progress.say("starting %s in %s: %d rounds, M=%d, H=%d, B=%d, %d params",
                    self.config.outer.name, run.workdir, self.tc.rounds,
@@ -168,7 +186,11 @@ class _Loop:
     self.evaluate = Evaluator(run)
     self.meta["eval_protocol"] = self.evaluate.describe()
     self.clock = progress.Clock(self.start, self.tc.rounds)
-    self.sim = simclock.RoundClock(run.clock, self.meta)
+    if self.async_rounds is not None:
+      self.async_rounds.loader, self.async_rounds.meta = self.loader, self.meta
+      self.async_rounds.clock = self.sim = async_rounds.AsyncClock(self.meta)
+    else:
+      self.sim = simclock.RoundClock(run.clock, self.meta)
 
   def _make_loader(self):
     run, pop = self.run, self.population
@@ -177,7 +199,9 @@ class _Loop:
       return data_lib.RoundLoader(
           run.train_src, run.shards, batch_size=b,
           inner_steps=self.config.inner.steps, seed=seed,
-          replica_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+          replica_ids=run.replica_ids,
+          # Async tasks read by (worker, position), not by round.
+          prefetch=0 if run.async_sim is not None else self.config.data.prefetch)
     loader = data_lib.PopulationLoader(
         run.train_src, run.shards, pop.sampler, batch_size=b, seed=seed,
         inner_steps=None if pop.local_epochs else self.config.inner.steps,
@@ -196,7 +220,8 @@ class _Loop:
   def _tokens(self, r: int) -> int:
     if r in self.tokens_at:  # Local epochs: each round's own work.
       return self.tokens_at[r]
-    if self.population is not None and self.population.local_epochs:
+    if self.async_rounds is not None or (
+        self.population is not None and self.population.local_epochs):
       return self.meta["tokens"]
     return r * self.run.tokens_per_round
 
@@ -335,38 +360,15 @@ class _Loop:
   # -- The loop. -------------------------------------------------------------
 
   def round(self, r: int) -> None:
-    rnd, kwargs = self.loader.next(), {}
-    batch = rnd
-    if self.population is not None:
-      batch = rnd.batch
-      kwargs = dict(num_steps=rnd.num_steps, num_examples=rnd.num_examples)
-      if self.store is not None:
-        gathered = self.store.gather(rnd.client_ids)
-        self.state = self.state.replace(client_state=jax.tree.map(
-            _put_like, gathered, self.state.client_state))
-    if self.tc.get("outer_drop_prob"):
-      kwargs["mask"] = drop_mask(self.tc.seed, r, self.tc.num_replicas,
-                                 self.tc.outer_drop_prob)
-    kwargs, plan = self.sim.round_kwargs(r, kwargs)
-    if self.batch_hook is not None:
-      batch = self.batch_hook(batch, r, self.run.replica_ids)
     t0 = time.time()
-    self.state, mt = self.engine.round(self.state, batch, **kwargs)
-    self.sim.advance(r, plan)
-    if self.store is not None:
-      # A slot that took no step kept its gathered state; one that sat out
-      # or diverged too (the engine keeps it), so writing back is exact.
-      self.store.scatter(rnd.client_ids,
-                         jax.tree.map(_host_value, self.state.client_state),
-                         mask=rnd.num_steps > 0)
-    if self.population is not None and self.population.local_epochs:
-      units = tasks_lib.kind(self.config.model.kind).example_units(
-          self.config.model)
-      self.meta["tokens"] += int(rnd.num_examples.sum()) * units
+    if self.async_rounds is not None:
+      self.state, mt = self.async_rounds(self.state, r)
       self.tokens_at[r] = self.meta["tokens"]
+    else:
+      mt = self._sync_round(r)
     self.rounds_this_run += 1
     if self.clock.first_round_s is None:
-      jax.block_until_ready(self.state.round)
+      jax.block_until_ready(self.state.params)
       self.clock.first_round_s = time.time() - t0  # Mostly compilation.
     # Every device metric is replicated: any process can read it.
     self.pending.append((r, {k: v for k, v in mt.items()
@@ -383,6 +385,40 @@ class _Loop:
     if do_ckpt:
       self.save(r)
     self.clock.side_s += time.time() - t_side
+
+  def _sync_round(self, r: int) -> Dict[str, Any]:
+    """The synchronous round step: `Engine.round` on the loader's next round
+    (the policy's plan applied, a population's clients gathered and
+    scattered); returns its device metrics."""
+    rnd, kwargs = self.loader.next(), {}
+    batch = rnd
+    if self.population is not None:
+      batch = rnd.batch
+      kwargs = dict(num_steps=rnd.num_steps, num_examples=rnd.num_examples)
+      if self.store is not None:
+        gathered = self.store.gather(rnd.client_ids)
+        self.state = self.state.replace(client_state=jax.tree.map(
+            _put_like, gathered, self.state.client_state))
+    if self.tc.get("outer_drop_prob"):
+      kwargs["mask"] = drop_mask(self.tc.seed, r, self.tc.num_replicas,
+                                 self.tc.outer_drop_prob)
+    kwargs, plan = self.sim.round_kwargs(r, kwargs)
+    if self.batch_hook is not None:
+      batch = self.batch_hook(batch, r, self.run.replica_ids)
+    self.state, mt = self.engine.round(self.state, batch, **kwargs)
+    self.sim.advance(r, plan)
+    if self.store is not None:
+      # A slot that took no step kept its gathered state; one that sat out
+      # or diverged too (the engine keeps it), so writing back is exact.
+      self.store.scatter(rnd.client_ids,
+                         jax.tree.map(_host_value, self.state.client_state),
+                         mask=rnd.num_steps > 0)
+    if self.population is not None and self.population.local_epochs:
+      units = tasks_lib.kind(self.config.model.kind).example_units(
+          self.config.model)
+      self.meta["tokens"] += int(rnd.num_examples.sum()) * units
+      self.tokens_at[r] = self.meta["tokens"]
+    return mt
 
   def finish(self, status: str, wall_start: float) -> Dict[str, Any]:
     self.loader.close()

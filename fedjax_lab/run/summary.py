@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from fedjax_lab import data as data_lib
+from fedjax_lab.run import async_rounds
 
 
 def versions() -> Dict[str, str]:
@@ -103,7 +104,7 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       # The simulated clock (fedjax_lab.clock): seconds on the profile's
       # devices and network, the profile, and what the algorithm sends.
       "sim_seconds": (meta.get("clock") or {}).get("seconds", 0.0),
-      "clock": run.clock.describe() if run.clock is not None else None,
+      "clock": _clock(run),
       "syncs_every_step": engine.every_step,
       "collectives": sorted({msg.collective
                              for _, msg in engine.messages(run.params)}),
@@ -133,4 +134,14 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   }
   if run.population is not None:
     out["population"] = _population(run)
+  return out
+
+
+def _clock(run) -> Optional[Dict[str, Any]]:
+  """The clock's profile (and the async simulation's settings)."""
+  if run.clock is None:
+    return None
+  out = run.clock.describe()
+  if getattr(run, "async_sim", None) is not None:
+    out.update(async_rounds.describe(run.async_sim, run.config))
   return out

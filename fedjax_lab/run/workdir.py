@@ -55,6 +55,11 @@ _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "clock.latency_s": 1e-3, "clock.deadline_quantile": 0.75,
                  "clock.deadline_seconds": 0.0,
                  "clock.deadline_mode": "partial", "clock.dylu_min_steps": 1,
+                 # Made before clock.policy='async'.
+                 "clock.async_rule": "delayed_nesterov",
+                 "clock.async_learning_rate": 0.0, "clock.async_momentum": 0.9,
+                 "clock.async_delay": 0, "clock.async_grace": 0.0,
+                 "clock.async_dylu": False,
                  # Made before the stdlib corpus had a test split (v1.0.0,
                  # whose train split was larger): such a run cannot resume.
                  "data.test_split": ""}
