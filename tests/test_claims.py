@@ -121,7 +121,7 @@ def test_run_claims_with_a_missing_arm(monkeypatch, tmp_path):
     return out
 
   monkeypatch.setattr(claims, "run_comparison", fake_comparison)
-  monkeypatch.setattr(compare_config, "tuned", lambda key: {})
+  monkeypatch.setattr(compare_config, "tuned", lambda key, **_: {})
   base = compare_config.get_config("smoke")
   outcomes = claims.run_claims(base, compare_config.tuned_arm, str(tmp_path),
                                size="smoke", seeds=2)
@@ -217,7 +217,7 @@ def test_judge_h_quant_drop_fedprox():
 
 
 def test_a_comparison_that_stops_judges_what_is_on_disk(monkeypatch, tmp_path):
-  monkeypatch.setattr(compare_config, "tuned", lambda key: {})
+  monkeypatch.setattr(compare_config, "tuned", lambda key, **_: {})
   base = compare_config.get_config("smoke")
   setup = claims.make_setup(base, compare_config.tuned_arm, "smoke")
   only = ["nesterov_best_outer", "fedprox_to_fedavg"]

@@ -149,8 +149,13 @@ def kill_one_of_two(command, ready, *, base_env=None, bound=180):
   try:
     deadline = time.monotonic() + bound
     while not ready():
-      assert time.monotonic() < deadline, "the run never got under way"
-      assert all(p.poll() is None for p in procs), "a process ended early"
+      if time.monotonic() > deadline or any(p.poll() is not None
+                                             for p in procs):
+        kill_all(procs)
+        tails = [(p.communicate()[0] or b"").decode(errors="replace")[-3000:]
+                 for p in procs]
+        pytest.fail("the run never got under way or a process ended early; "
+                    "their output:\n" + "\n---\n".join(tails))
       time.sleep(0.2)
     os.killpg(procs[1].pid, signal.SIGKILL)
     try:
