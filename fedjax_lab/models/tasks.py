@@ -199,12 +199,16 @@ class TaskKind(NamedTuple):
     activation_bytes: (model config, examples) -> a rough upper bound of the
       bytes one replica's forward + backward keeps alive (memory estimate).
     example_units: model config -> tokens per example (1 for a classifier).
+    memory_knob: model config -> (field, what to do) that lowers a replica's
+      activation memory without changing the batch (LM: turn on model.remat),
+      or None when the model has none left.
   """
   sources: Callable[[Any, Any], Tuple[Any, Any, Any]]
   check: Callable[[Any], Optional[Tuple[str, str]]]
   build: Callable[[Any, Any], Task]
   activation_bytes: Callable[[Any, int], float]
   example_units: Callable[[Any], int]
+  memory_knob: Callable[[Any], Optional[Tuple[str, str]]] = lambda model: None
 
 
 def _lm_sources(data, model):
@@ -269,7 +273,9 @@ def _image_activation_bytes(model, examples: int) -> float:
 KINDS: Dict[str, TaskKind] = {
     "lm": TaskKind(sources=_lm_sources, check=_lm_check, build=_lm_build,
                    activation_bytes=_lm_activation_bytes,
-                   example_units=lambda model: model.seq_len),
+                   example_units=lambda model: model.seq_len,
+                   memory_knob=lambda model: None if model.get("remat", False)
+                   else ("model.remat", "set it to True")),
     "classification": TaskKind(
         sources=_image_sources, check=lambda model: None, build=_image_build,
         activation_bytes=_image_activation_bytes,

@@ -309,10 +309,11 @@ def check_compiled_memory(config, engine: Engine, params, example_batch,
   need = float(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
   if need <= limit:
     return need
+  knob = tasks_lib.kind(config.model.kind).memory_knob(config.model)
   if engine.replica_mode == "vmap" and engine.local_replicas > 1:
     field, hint = "engine.replica_mode", "set it to 'sequential'"
-  elif config.model.kind == "lm" and not config.model.get("remat", False):
-    field, hint = "model.remat", "set it to True"
+  elif knob is not None:
+    field, hint = knob
   else:
     field, hint = "inner.batch_size", (f"lower it (now "
                                        f"{config.inner.batch_size}), or raise "
