@@ -176,6 +176,29 @@ def test_workdir_the_filesystem_refuses_exits_2(tmp_path, data_dir):
   assert not os.path.exists("/proc/fedjax_lab_no")
 
 
+def test_workdir_probe_leaves_another_processs_directory(tmp_path,
+                                                         monkeypatch):
+  """The processes of a multi-process run probe the same new workdir at
+  once: a directory another one makes between this probe's steps is taken
+  as proof (no 'File exists' error) and left in place; what this probe made
+  itself is removed."""
+  from fedjax_lab.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  full = tmp_path / "a" / "b"
+  real_mkdir = os.mkdir
+
+  def racing_mkdir(d, *args):  # The other process wins the race for a/b.
+    if os.fspath(d) == os.fspath(full):
+      real_mkdir(d, *args)
+    real_mkdir(d, *args)
+
+  monkeypatch.setattr(os, "mkdir", racing_mkdir)
+  workdir_lib.check_path("--workdir", str(full), write=True)
+  monkeypatch.undo()
+  assert full.is_dir()  # The other process's: kept.
+  workdir_lib.check_path("--workdir", str(tmp_path / "c" / "d"), write=True)
+  assert not (tmp_path / "c").exists()  # This probe's own: removed.
+
+
 @pytest.mark.slow
 def test_bad_workdirs_and_data_dirs_exit_2_before_loading(tmp_path, data_dir):
   a_file = tmp_path / "file"

@@ -117,20 +117,30 @@ def check_path(field: str, path: str, *, write: bool, depth: int = _DEEPEST
 
 def _probe_mkdir(field: str, full: str, ancestor: str) -> None:
   """Makes `full` and removes it again: permission bits do not tell whether a
-  filesystem takes new directories (root passes os.access under /proc)."""
-  made = []
+  filesystem takes new directories (root passes os.access under /proc).
+
+  Only what this call made is removed; a directory another process makes
+  meanwhile (the other processes of a multi-process run probe the same
+  workdir at the same time) is theirs and proves the path can be made."""
+  todo, made = [], []
+  head = full
+  while head != ancestor:
+    todo.append(head)
+    head = os.path.dirname(head)
   try:
-    head = full
-    while head != ancestor:
-      made.append(head)
-      head = os.path.dirname(head)
-    for d in reversed(made):
-      os.mkdir(d)
+    for d in reversed(todo):
+      try:
+        os.mkdir(d)
+      except FileExistsError:
+        if not os.path.isdir(d):
+          raise
+        continue
+      made.append(d)
   except OSError as e:
     raise ConfigError(f"{field}: {show(full, 200)} cannot be made: "
                       f"{e.strerror}") from None
   finally:
-    for d in made:
+    for d in reversed(made):
       try:
         os.rmdir(d)
       except OSError:
