@@ -106,6 +106,12 @@ MODULES = {
           "or stragglers or nobody or nonfinite or comm_bytes"]),
     "comm/compress":
         ("fedjax_lab/comm/compress.py", ["tests/test_compress.py"]),
+    "comm/codecs":
+        ("fedjax_lab/comm/codecs.py", ["tests/test_compress.py"]),
+    "comm/quantizers":
+        ("fedjax_lab/comm/quantizers.py", ["tests/test_compress.py"]),
+    "comm/feedback":
+        ("fedjax_lab/comm/feedback.py", ["tests/test_compress.py"]),
     "comm/dct":
         ("fedjax_lab/comm/dct.py", ["tests/test_dct.py", "tests/test_compress.py", "-k",
                                      "not compress or dct"]),

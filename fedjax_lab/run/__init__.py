@@ -2,15 +2,18 @@
 
   build.py      a run from a validated config (everything, once, before
                 anything is written)
+  memory.py     build's memory checks (an estimate; the compiled round)
   workdir.py    workdir/data-dir checks, the workdir lock, config.json, resume
   schedule.py   the inner optimizer (AdamW on an optax warm-up + decay)
   loop.py       train_and_evaluate: rounds, policies, checkpoints, metrics
+  records.py    the loop's rows, non-finite policies, evals and checkpoints
   evaluate.py   evaluation on the validation and test splits (samples for
                 curves, whole splits for final numbers)
   summary.py    summary.json
   progress.py   progress lines with an ETA (terminal and notebook)
   compare.py    comparisons: many arms, run one after another
   report.py     their report: results.md/.csv, seed statistics, the plots
+  tables.py     the report's tables (rows, seed statistics); plots.py its plots
   tuning.py     hyperparameters chosen on validation, saved, re-used
 
 This project's own study (published claims, their arms, verdicts, the claims

@@ -4,7 +4,8 @@
 dir, estimates the memory the run needs (refusing one that cannot fit, with
 the field to change), loads the data, builds the task, the inner optimizer,
 the outer algorithm, the compressor and the engine, and compares the config
-with the one a workdir was started with. A mistake anywhere is one
+with the one a workdir was started with. The memory checks are in
+`fedjax_lab.run.memory` (importable from here). A mistake anywhere is one
 `ConfigError` naming the field, and the workdir is left untouched.
 
 With `train.num_clients` = N > 0 the run is a federated population (issue
@@ -29,7 +30,6 @@ import numpy as np
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
 from fedjax_lab import distributed
-from fedjax_lab import local_steps
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
 from fedjax_lab.config_validation import ConfigError
@@ -43,8 +43,10 @@ from fedjax_lab.run import progress
 from fedjax_lab.run import schedule as schedule_lib
 from fedjax_lab.run import simclock
 from fedjax_lab.run import workdir as workdir_lib
-
-GIB = float(1 << 30)
+from fedjax_lab.run.memory import available_bytes  # noqa: F401 (re-exported)
+from fedjax_lab.run.memory import check_compiled_memory
+from fedjax_lab.run.memory import check_memory
+from fedjax_lab.run.memory import GIB
 
 
 class Run(NamedTuple):
@@ -121,106 +123,6 @@ def _check_dirs(config, workdir: str) -> None:
                          write=config.data.dataset == "stdlib")
 
 
-_TYPICAL = {"train.num_replicas": 4, "inner.steps": 25, "inner.batch_size": 16,
-            "model.seq_len": 64, "model.d_model": 64, "model.num_layers": 2,
-            "model.mlp_ratio": 4, "model.num_heads": 4,
-            "data.prefetch": 2, "mesh.num_devices": 1}
-
-
-def _largest(config, fields: Sequence[str]) -> str:
-  def ratio(field):
-    group, name = field.split(".")
-    return float(abs(config[group][name])) / _TYPICAL[field]
-  return max(fields, key=ratio)
-
-
-def available_bytes() -> float:
-  """Memory a run may use: the host's RAM, or one accelerator's."""
-  device = jax.local_devices()[0]
-  if device.platform != "cpu":
-    stats = device.memory_stats() or {}
-    if stats.get("bytes_limit"):
-      return float(stats["bytes_limit"])
-  return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def check_memory(config, num_params: Optional[int] = None, *,
-                 limit: Optional[float] = None,
-                 client_state_bytes: float = 0.0) -> Dict[str, float]:
-  """Refuses a run whose rough memory estimate exceeds the machine's.
-
-  Terms: the round batches (M × H × B examples, for the loader's prefetch
-  queue plus the one on the device), one device's activations (all its
-  replicas' under `engine.replica_mode` 'vmap', one replica's when
-  'sequential'; one block's with `model.remat`), the replica states (params,
-  AdamW moments, gradient, Δ and outer state; split over
-  `mesh.model_devices`) and a population's per-client state
-  (`client_state_bytes`, host memory: counted against the host's RAM on an
-  accelerator).
-
-  Returns:
-    The terms in bytes ('round batches', 'activations', 'replica states',
-    'client state', 'total', 'limit').
-
-  Raises:
-    ConfigError: naming the field that drives the largest term.
-  """
-  kind = tasks_lib.kind(config.model.kind)
-  m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
-  units = kind.example_units(config.model)
-  batch = 4.0 * m * h * b * (units + 1) * (config.data.prefetch + 2)
-  model_devices = config.mesh.get("model_devices", 1)
-  slots = max(jax.device_count() // model_devices, 1)
-  per_device = max(m // slots, 1)
-  if config.mesh.num_devices == 0:
-    per_device = m
-  mode = config.engine.replica_mode
-  if mode == "auto":
-    mode = local_steps.default_replica_mode(per_device)
-  if mode == "sequential":
-    per_device = 1
-  act = per_device * kind.activation_bytes(config.model, b)
-  state = (0.0 if num_params is None else
-           4.0 * num_params * (6 * m + 4) / model_devices)
-  limit = available_bytes() if limit is None else limit
-  host = float(client_state_bytes)
-  on_host = jax.local_devices()[0].platform == "cpu"
-  if not on_host:
-    ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    if host > ram:
-      raise ConfigError(
-          f"train.num_clients: the per-client state would need about "
-          f"{host / GIB:.3g} GiB of host memory and this host has "
-          f"{ram / GIB:.3g} GiB; lower train.num_clients (now "
-          f"{config.train.num_clients})")
-    host = 0.0
-  total = batch + act + state + host
-  if total <= limit:
-    return {"round batches": batch, "activations": act,
-            "replica states": state, "client state": float(client_state_bytes),
-            "total": total, "limit": limit}
-  terms = {
-      "client state": (host, ("train.num_clients",)),
-      "round batches": (batch, ("inner.steps", "inner.batch_size",
-                                "train.num_replicas", "data.prefetch")),
-      "activations": (act, ("inner.batch_size", "model.seq_len",
-                            "model.d_model", "model.num_layers",
-                            "model.mlp_ratio", "train.num_replicas")),
-      "replica states": (state, ("model.d_model", "model.num_layers",
-                                 "model.mlp_ratio", "train.num_replicas")),
-  }
-  name, (size, fields) = max(terms.items(), key=lambda kv: kv[1][0])
-  if config.model.kind != "lm":
-    fields = tuple(f for f in fields if not f.startswith("model.")) or (
-        "inner.batch_size",)
-  field = (fields[0] if len(fields) == 1 else _largest(config, fields))
-  group, leaf = field.split(".")
-  raise ConfigError(
-      f"{field}: the run would need about {total / GIB:.3g} GiB ({name}: "
-      f"{size / GIB:.3g} GiB) and this machine has {limit / GIB:.3g} GiB; "
-      f"lower {field} (now {config[group][leaf]})")
-
-
 def _engine(config, task, schedule_steps: int, loss_fn,
             inner_steps: int) -> Engine:
   mesh = None
@@ -275,54 +177,6 @@ def engine_error(error: Exception) -> str:
   return f"engine: {text}"
 
 
-def check_compiled_memory(config, engine: Engine, params, example_batch,
-                          num_local: int, inner_steps: int, *,
-                          limit: Optional[float] = None) -> Optional[float]:
-  """Refuses a run whose compiled round will not fit one device's memory.
-
-  On an accelerator (or with `limit`, bytes), the round is lowered for the
-  run's shapes and compiled once, without running; its arguments and
-  temporaries (`memory_analysis()`) are compared with the device's
-  `bytes_limit`. On CPU without `limit` nothing is compiled (the host-RAM
-  estimate of `check_memory` applies).
-
-  Returns:
-    The compiled program's bytes, or None when not checked.
-
-  Raises:
-    ConfigError: naming the field most likely to make it fit.
-  """
-  if limit is None:
-    device = jax.local_devices()[0]
-    if device.platform == "cpu":
-      return None
-    limit = (device.memory_stats() or {}).get("bytes_limit")
-    if not limit:
-      return None
-  batch = jax.tree.map(
-      lambda x: np.zeros((num_local, inner_steps) + np.shape(x),
-                         np.asarray(x).dtype), example_batch)
-  compiled = engine.lower_round(engine.abstract_state(params), batch).compile()
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return None
-  need = float(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
-  if need <= limit:
-    return need
-  knob = tasks_lib.kind(config.model.kind).memory_knob(config.model)
-  if engine.replica_mode == "vmap" and engine.local_replicas > 1:
-    field, hint = "engine.replica_mode", "set it to 'sequential'"
-  elif knob is not None:
-    field, hint = knob
-  else:
-    field, hint = "inner.batch_size", (f"lower it (now "
-                                       f"{config.inner.batch_size}), or raise "
-                                       f"mesh.model_devices")
-  raise ConfigError(
-      f"{field}: the compiled round needs {need / GIB:.3g} GiB per device "
-      f"and a device has {limit / GIB:.3g} GiB; {hint}")
-
-
 def build_run(config: ml_collections.ConfigDict, workdir: str, *,
           replica_ids: Optional[Sequence[int]] = None,
           wrap_loss: Optional[Callable[[Callable], Callable]] = None) -> Run:
@@ -355,22 +209,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   progress.say("memory estimate: %s of %.3g GiB available",
                ", ".join(f"{k} {v / GIB:.3g} GiB" for k, v in estimate.items()
                          if k != "limit"), estimate["limit"] / GIB)
-  population = None
-  if config.train.num_clients:
-    shards, inner_steps, sampler = _population_data(config, train_src)
-    # A client smaller than B is filled up by repeating its examples.
-    config_validation.check_data(config, train_src, eval_src,
-                                 [np.arange(len(train_src))])
-  else:
-    try:
-      shards = data_lib.partition(train_src, config.train.num_replicas,
-                                  method=config.data.partition,
-                                  alpha=config.data.alpha,
-                                  seed=config.train.seed)
-    except ValueError as e:
-      raise ConfigError(f"data.partition: {e}") from None
-    inner_steps = config.inner.steps
-    config_validation.check_data(config, train_src, eval_src, shards)
+  shards, inner_steps, sampler = _shards(config, train_src, eval_src)
   # The config as the memory estimate and lr schedule see it: H is the step
   # axis (local epochs' most steps with train.local_epochs).
   sized = config
@@ -398,23 +237,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
                         train_src.get_batch(np.zeros(
                             [config.inner.batch_size], np.int64)),
                         len(replica_ids), inner_steps)
+  population = None
   if config.train.num_clients:
-    abstract = engine.abstract_state(params)
-    _check_sampling_state(config, abstract)
-    client_template = jax.tree.map(
-        lambda x: np.zeros(x.shape[1:], x.dtype), abstract.client_state)
-    store = None
-    if jax.tree.leaves(client_template):
-      per_client = sum(x.nbytes for x in jax.tree.leaves(client_template))
-      check_memory(sized, task.num_params,
-                   client_state_bytes=per_client * config.train.num_clients)
-      store = data_lib.ClientStateStore(client_template,
-                                        config.train.num_clients)
-      progress.say("%s", store.memory_line())
-    tc = config.train
-    population = Population(
-        sampler=sampler, store=store, local_epochs=tc.local_epochs,
-        max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
+    population = _population(config, sized, task, engine, params, sampler)
   clock = simclock.build_clock(config, task, engine, params)
   async_sim = None
   if config.clock.policy == "async":
@@ -429,6 +254,48 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
                  config.model),
              started_with=started_with, inner_steps=inner_steps,
              population=population, clock=clock, async_sim=async_sim)
+
+
+def _shards(config, train_src, eval_src):
+  """(replica or client shards, the round's step axis H, sampler or None)."""
+  if config.train.num_clients:
+    shards, inner_steps, sampler = _population_data(config, train_src)
+    # A client smaller than B is filled up by repeating its examples.
+    config_validation.check_data(config, train_src, eval_src,
+                                 [np.arange(len(train_src))])
+    return shards, inner_steps, sampler
+  try:
+    shards = data_lib.partition(train_src, config.train.num_replicas,
+                                method=config.data.partition,
+                                alpha=config.data.alpha,
+                                seed=config.train.seed)
+  except ValueError as e:
+    raise ConfigError(f"data.partition: {e}") from None
+  config_validation.check_data(config, train_src, eval_src, shards)
+  return shards, config.inner.steps, None
+
+
+def _population(config, sized, task, engine, params, sampler) -> Population:
+  """The population's sampler and client store (its memory checked first).
+
+  `sized` is the config as the memory estimate sees it (H the step axis).
+  """
+  abstract = engine.abstract_state(params)
+  _check_sampling_state(config, abstract)
+  client_template = jax.tree.map(
+      lambda x: np.zeros(x.shape[1:], x.dtype), abstract.client_state)
+  store = None
+  if jax.tree.leaves(client_template):
+    per_client = sum(x.nbytes for x in jax.tree.leaves(client_template))
+    check_memory(sized, task.num_params,
+                 client_state_bytes=per_client * config.train.num_clients)
+    store = data_lib.ClientStateStore(client_template,
+                                      config.train.num_clients)
+    progress.say("%s", store.memory_line())
+  tc = config.train
+  return Population(
+      sampler=sampler, store=store, local_epochs=tc.local_epochs,
+      max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
 
 
 def _population_data(config, train_src):

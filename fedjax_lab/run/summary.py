@@ -114,27 +114,37 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
       "compiled_rounds": engine.compiled_rounds(),
       "num_params": run.task.num_params,
       "flops_per_example": run.task.flops_per_example,
-      "data": {"train_examples": len(run.train_src),
-               "eval_examples": len(run.eval_src),
-               "eval_split": run.eval_src.info.get("split"),
-               "test_examples": (None if run.test_src is None
-                                 else len(run.test_src)),
-               "test_split": (None if run.test_src is None
-                              else run.test_src.info.get("split")),
-               "shard_sizes": [int(len(s)) for s in run.shards],
-               "heterogeneity": _heterogeneity(run.train_src, run.shards)},
+      "data": _data(run),
       "corpus": corpus.get("fingerprint", corpus),
       "config": config.to_dict(),
       "versions": versions(),
-      "devices": {"platform": jax.default_backend(),
-                  "count": jax.device_count(),
-                  "kind": jax.devices()[0].device_kind,
-                  "processes": jax.process_count(),
-                  "mesh_devices": engine.num_shards if engine.mesh else 0},
+      "devices": _devices(engine),
   }
   if run.population is not None:
     out["population"] = _population(run)
   return out
+
+
+def _data(run) -> Dict[str, Any]:
+  """The run's splits and shards: sizes, split names, heterogeneity."""
+  return {"train_examples": len(run.train_src),
+          "eval_examples": len(run.eval_src),
+          "eval_split": run.eval_src.info.get("split"),
+          "test_examples": (None if run.test_src is None
+                            else len(run.test_src)),
+          "test_split": (None if run.test_src is None
+                         else run.test_src.info.get("split")),
+          "shard_sizes": [int(len(s)) for s in run.shards],
+          "heterogeneity": _heterogeneity(run.train_src, run.shards)}
+
+
+def _devices(engine) -> Dict[str, Any]:
+  """The devices the run ran on."""
+  return {"platform": jax.default_backend(),
+          "count": jax.device_count(),
+          "kind": jax.devices()[0].device_kind,
+          "processes": jax.process_count(),
+          "mesh_devices": engine.num_shards if engine.mesh else 0}
 
 
 def _clock(run) -> Optional[Dict[str, Any]]:
