@@ -14,25 +14,29 @@ measured in the same run (never an absolute target):
   same jit machinery).
 
 Workloads (issue 9): a 784-256-10 ReLU MLP (softmax cross-entropy, FedAvg,
-inner SGD lr 0.1, B = 32, H = 10) at M = 1, 8, 64, and the byte-level LM
-(DiLoCo, inner AdamW) at M = 4, 16.
+inner SGD lr 0.1, B = 32, H = 10) at M = 1, 8, 64, 256 (`--ms`), and the
+byte-level LM (DiLoCo, inner AdamW) at M = 4, 16.
 
 Issue 23 adds, beside those figures: the loop a user writes (a fresh host
 numpy batch every round, 'auto' mode; and the same batch 64-byte aligned,
 which XLA:CPU aliases instead of copying), the bound on a device-resident
 batch, the MLP at M = 256, a split of where a round's time goes at M = 64
 (transfer, local phase, sync, rest) beside the floor (M bare models, no
-engine), and every registry entry's ratio at M = 8 (docs/throughput.md).
+engine), every registry entry's ratio at M = 8, and the temporaries and
+minor page faults of a round at M = 64 (steady whatever the machine's load;
+`--stat=min` steadies the times too). Results: docs/throughput.md.
 
 Run:
-  python bench/round_throughput.py                  # everything (~10 min)
+  python bench/round_throughput.py                  # everything (~12 min)
   python bench/round_throughput.py --quick          # M = 1, 8 MLP only
   python bench/round_throughput.py --only=table --ms=1,8,64,256 --no_lm
   python bench/round_throughput.py --only=profile   # the split at M = 64
   python bench/round_throughput.py --only=registry  # every entry at M = 8
+  python bench/round_throughput.py --only=faults    # page faults at M = 64
 """
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -46,6 +50,10 @@ from fedjax_lab import local_steps
 from fedjax_lab import models
 from fedjax_lab import replicas as rep_lib
 from fedjax_lab import sync as sync_lib
+
+# How `_time` sums up a fn's repeats: statistics.median (the default) or min
+# (`--stat=min`: the least disturbed repeat, steadier on a shared machine).
+_STAT = statistics.median
 
 
 def _time(fns, repeats):
@@ -66,7 +74,20 @@ def _time(fns, repeats):
       own = fn()
       wall = time.perf_counter() - t
       ts.append(own if type(own) is float else wall)  # pylint: disable=unidiomatic-typecheck
-  return [statistics.median(ts) for ts in times]
+  return [_STAT(ts) for ts in times]
+
+
+def faults_per_call(fn, calls=3):
+  """(minor page faults, system CPU seconds) per call of fn, after a warm-up
+  call: fresh memory the kernel maps in page by page shows here, steadily,
+  whatever else the machine is doing."""
+  fn()
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(calls):
+    fn()
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  return ((r1.ru_minflt - r0.ru_minflt) / calls,
+          (r1.ru_stime - r0.ru_stime) / calls)
 
 
 def fresh_copy(tree):
@@ -475,15 +496,17 @@ def profile_split(w, m, h, repeats, loop_rounds=4):
     fns[f"floor {name} (device batch)"] = (
         lambda floor=floor: jax.block_until_ready(floor(g, dev_batch)))
   times = _time(list(fns.values()), repeats)
-  return {name: 1e3 * t for name, t in zip(fns, times)}
+  faults = {name: faults_per_call(fn) for name, fn in fns.items()}
+  return {name: (1e3 * t, faults[name]) for name, t in zip(fns, times)}
 
 
 def registry_ratios(w, m, h, repeats, names=None):
   """Every registry entry's round at M replicas ('auto' mode) as a ratio to
   the bound, both on device-resident batches (compute only: the transfer,
   the same for all, would dilute a slowdown), interleaved in one `_time`.
-  SCAFFOLD gets local_lr = the inner SGD's 0.1. Returns {name: (ms, ratio)}
-  and the bound's ms."""
+  SCAFFOLD gets local_lr = the inner SGD's 0.1; an entry that needs Adam
+  moments (desloc) gets inner AdamW (lr 1e-3), still against the SGD bound.
+  Returns the bound's ms and {label: (ms, ratio)}."""
   rs = np.random.RandomState(0)
   b = w["batch"]
   params = w["init"](jax.random.PRNGKey(0))
@@ -502,10 +525,17 @@ def registry_ratios(w, m, h, repeats, names=None):
   fns, labels = [bound_round], []
   hparams = {"scaffold": {"local_lr": 0.1}}
   for name in names or fedjax_lab.outer.names():
-    engine = fedjax_lab.Engine(
-        w["loss_fn"], inner_opt=w["inner_opt"],
-        outer=fedjax_lab.outer.get(name, **hparams.get(name, {})),
-        num_replicas=m, inner_steps=h)
+    inner = ""
+    for opt in (w["inner_opt"], optax.adamw(1e-3)):
+      engine = fedjax_lab.Engine(
+          w["loss_fn"], inner_opt=opt,
+          outer=fedjax_lab.outer.get(name, **hparams.get(name, {})),
+          num_replicas=m, inner_steps=h)
+      try:
+        engine.check(params)
+        break
+      except ValueError:  # Needs Adam moments (desloc): inner AdamW.
+        inner = ", inner adamw"
     holder = {"state": engine.init(params)}
 
     def engine_round(engine=engine, holder=holder):
@@ -513,10 +543,47 @@ def registry_ratios(w, m, h, repeats, names=None):
       jax.block_until_ready(metrics["loss"])
 
     fns.append(engine_round)
-    labels.append(f"{name} ({engine.replica_mode})")
+    labels.append(f"{name} ({engine.replica_mode}{inner})")
   times = _time(fns, repeats)
   return 1e3 * times[0], {label: (1e3 * t, t / times[0])
                           for label, t in zip(labels, times[1:])}
+
+
+def memory_faults(w, m, h, outers=("fedavg", "diloco", "scaffold")):
+  """Per entry ('auto' mode, M replicas): the compiled round's temporaries
+  (MiB) and the minor page faults and system CPU per round, on a
+  device-resident batch and (FedAvg) on the same host numpy batch. XLA:CPU
+  allocates a round's temporaries afresh at every call and the kernel maps
+  them in 4 KiB page by page, so these counts are what a round pays in
+  page faults; unlike times they do not depend on the machine's load.
+  DiLoCo gets inner AdamW (lr 1e-3) and SCAFFOLD local_lr = 0.1."""
+  rs = np.random.RandomState(0)
+  params = w["init"](jax.random.PRNGKey(0))
+  host_batch = w["make_batch"](rs, (m, h, w["batch"]))
+  dev_batch = jax.device_put(host_batch)
+  rows = []
+  for name in outers:
+    opt = optax.adamw(1e-3) if name == "diloco" else w["inner_opt"]
+    engine = fedjax_lab.Engine(
+        w["loss_fn"], inner_opt=opt,
+        outer=fedjax_lab.outer.get(
+            name, **({"local_lr": 0.1} if name == "scaffold" else {})),
+        num_replicas=m, inner_steps=h)
+    holder = {"state": engine.init(params)}
+    for where, batch in (("device", dev_batch), ("host", host_batch)):
+      if where == "host" and name != "fedavg":
+        continue
+
+      def one(engine=engine, holder=holder, batch=batch):
+        holder["state"], metrics = engine.round(holder["state"], batch)
+        jax.block_until_ready(metrics["loss"])
+
+      faults, sys_s = faults_per_call(one)
+      temp = engine.lower_round(holder["state"], batch).compile(
+      ).memory_analysis().temp_size_in_bytes / 2**20
+      rows.append((f"{name} ({engine.replica_mode})", where, temp, faults,
+                   1e3 * sys_s))
+  return rows
 
 
 def _ints(text):
@@ -541,13 +608,17 @@ def main():
                       help="M of the per-registry-entry ratios (0: none)")
   parser.add_argument("--only", default="",
                       help="comma list of sections to run: table, outer, "
-                           "profile, registry (default all)")
+                           "profile, registry, faults (default all)")
+  parser.add_argument("--stat", choices=("median", "min"), default="median",
+                      help="how repeats are summed up")
   parser.add_argument("--lm_d_model", type=int, default=64)
   parser.add_argument("--lm_layers", type=int, default=2)
   parser.add_argument("--lm_seq_len", type=int, default=64)
   args = parser.parse_args()
+  global _STAT
+  _STAT = min if args.stat == "min" else statistics.median
   sections = set(args.only.split(",")) if args.only else {
-      "table", "outer", "profile", "registry"}
+      "table", "outer", "profile", "registry", "faults"}
   modes = ("vmap", "sequential")
   mlp = mlp_workload()
   lm = lm_workload(args.lm_d_model, args.lm_layers, args.lm_seq_len)
@@ -557,7 +628,8 @@ def main():
     plan += [(lm, 4), (lm, 16)]
   user = not args.no_user
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"jax {jax.__version__}; H = 10; auto mode on CPU: "
+        f"jax {jax.__version__}; {args.stat} of {args.repeats} interleaved "
+        f"repeats; H = 10; auto mode on CPU: "
         f"vmap below {local_steps.SEQUENTIAL_FROM} replicas a "
         f"device, sequential from there")
   if "table" in sections:
@@ -607,18 +679,22 @@ def main():
     split = profile_split(mlp, m, 10, args.repeats)
     print()
     print(f"where the time goes, {mlp['name']}, FedAvg, inner SGD, M = {m}, "
-          f"H = 10, B = {mlp['batch']} (median ms, interleaved):")
+          f"H = 10, B = {mlp['batch']} ({args.stat} ms, interleaved):")
     print()
-    print("| part | ms | / bound (device batch) |")
-    print("|---|---|---|")
-    ref = split["bound (device batch)"]
-    for name, t in split.items():
-      print(f"| {name} | {t:.1f} | {t / ref:.2f}x |")
-    rd = [k for k in split if k.endswith("(auto): device batch")][0]
-    lo = [k for k in split if k.startswith("local phase alone")][0]
-    rest = split[rd] - split[lo] - split["outer sync alone"]
+    print("| part | ms | / bound (device batch) | minor page faults per "
+          "call | system CPU ms per call |")
+    print("|---|---|---|---|---|")
+    ref = split["bound (device batch)"][0]
+    for name, (t, (faults, sys_s)) in split.items():
+      print(f"| {name} | {t:.1f} | {t / ref:.2f}x | {faults:.0f} | "
+            f"{1e3 * sys_s:.0f} |")
+    ms = {k: v[0] for k, v in split.items()}
+    rd = [k for k in ms if k.endswith("(auto): device batch")][0]
+    lo = [k for k in ms if k.startswith("local phase alone")][0]
+    rest = ms[rd] - ms[lo] - ms["outer sync alone"]
     print(f"| rest of the round ({rd} - local phase - sync) | {rest:.1f} | "
-          f"{rest / ref:.2f}x |")
+          f"{rest / ref:.2f}x | | |")
+    split = ms
     best = min(v for k, v in split.items() if k.startswith("floor"))
     print()
     print(f"engine round (device batch, auto) / best floor: "
@@ -635,6 +711,18 @@ def main():
     print("|---|---|---|")
     for label, (t, ratio) in ratios.items():
       print(f"| {label} | {t:.1f} | {ratio:.2f}x |")
+  if "faults" in sections and not args.quick:
+    m = args.profile_m or 64
+    print()
+    print(f"temporaries and page faults per round, {mlp['name']}, M = {m}, "
+          f"H = 10:")
+    print()
+    print("| outer | batch | temporaries MiB | minor page faults per round | "
+          "system CPU ms per round |")
+    print("|---|---|---|---|---|")
+    for label, where, temp, faults, sys_ms in memory_faults(mlp, m, 10):
+      print(f"| {label} | {where} | {temp:.1f} | {faults:.0f} | "
+            f"{sys_ms:.0f} |")
   print()
   print("targets: best mode <= 1.3x the bound (MLP), <= 1.15x (LM); outer "
         "step <= 1% of a round at H = 100")
