@@ -157,6 +157,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.clock.straggler_factor = 4.0  # A straggler's steps take this many times longer (>= 1).
   config.clock.bandwidth_gbps = 1.0  # Each replica's link to the others, Gbit/s (> 0).
   config.clock.latency_s = 1e-3  # Latency of one hop, seconds (ring all-reduce: 2(M-1) hops).
+  config.clock.bandwidths_gbps = ()  # Per island: replica i's own link, Gbit/s (M numbers > 0), replacing bandwidth_gbps; () = all bandwidth_gbps. A ring or group is paced by its slowest link (min), an async arrival by its replica's.
+  config.clock.latencies_s = ()  # Per island: replica i's latency per hop, seconds (M numbers >= 0), replacing latency_s; () = all latency_s. A ring or group pays its largest per hop, an async arrival its replica's.
   config.clock.deadline_quantile = 0.75  # policy='deadline': D = this quantile of the replicas' round compute times, in (0, 1].
   config.clock.deadline_seconds = 0.0  # policy='deadline': D in seconds of compute instead (> 0); 0 = use the quantile.
   config.clock.deadline_mode = "partial"  # policy='deadline': 'partial' (a late replica's finished steps count) or 'drop' (it is left out).

@@ -57,13 +57,14 @@ class AsyncProfile:
     dylu: Dynamic Local Updates: H_i = max(⌊H·min_j sec_j / sec_i⌋,
       min_steps), so slow workers take fewer steps.
     min_steps: DyLU's floor h_min.
-    sync_seconds: simulated seconds the server spends on one arrival.
+    sync_seconds: simulated seconds the server spends on one arrival: one
+      number, or one per worker (its own link).
   """
   seconds_per_step: Tuple[float, ...]
   grace: float = 0.5
   dylu: bool = False
   min_steps: int = 5
-  sync_seconds: float = 0.0
+  sync_seconds: Union[float, Tuple[float, ...]] = 0.0
 
   def __post_init__(self):
     secs = tuple(float(s) for s in self.seconds_per_step)
@@ -72,7 +73,15 @@ class AsyncProfile:
                        f"> 0, got {self.seconds_per_step!r}")
     object.__setattr__(self, "seconds_per_step", secs)
     check_nonnegative("grace", self.grace)
-    check_nonnegative("sync_seconds", self.sync_seconds)
+    sync = self.sync_seconds
+    if isinstance(sync, (tuple, list, np.ndarray)):  # One per worker.
+      sync = tuple(check_nonnegative("sync_seconds", float(s)) for s in sync)
+      if len(sync) != len(secs):
+        raise ValueError(f"sync_seconds: one per worker ({len(secs)}), got "
+                         f"{len(sync)}")
+      object.__setattr__(self, "sync_seconds", sync)
+    else:
+      check_nonnegative("sync_seconds", sync)
     check_positive_int("min_steps", self.min_steps)
 
   def steps(self, inner_steps: int) -> np.ndarray:
@@ -313,7 +322,9 @@ class AsyncSimulator:
   # --------------------------------------------------------------------------
 
   def _arrive(self, state: AsyncState, i: int) -> Tuple[AsyncState, Arrival]:
-    clock, staleness = arrive(state.clock, i, self.profile.sync_seconds)
+    sync = self.profile.sync_seconds  # Worker i's own link's, if per worker.
+    clock, staleness = arrive(state.clock, i,
+                              sync[i] if isinstance(sync, tuple) else sync)
     params, server_state, loss = self._arrive_jit(
         state.params, state.server_state, state.deltas, state.task_loss,
         np.int32(i))

@@ -132,7 +132,6 @@ def overridden_fields(argv: Optional[List[str]] = None) -> List[str]:
 
 def list_algorithms() -> str:
   """The registries, for --list_algorithms: names and hyperparameters."""
-  from fedjax_lab import config_schema  # pylint: disable=g-import-not-at-top
   from fedjax_lab import outer  # pylint: disable=g-import-not-at-top
   from fedjax_lab.comm import compress  # pylint: disable=g-import-not-at-top
   from fedjax_lab.models import tasks  # pylint: disable=g-import-not-at-top
@@ -143,11 +142,10 @@ def list_algorithms() -> str:
     lines.append(f"  {name}: {hp or '(no hyperparameters)'}")
   lines.append("compressors (--config.comm.compressor; "
                "--config.comm.hparams.<name>=value):")
-  for name in sorted(compress._REGISTRY):  # pylint: disable=protected-access
-    params = config_schema._compressor_params(name)  # pylint: disable=protected-access
-    hp = ", ".join(f"{k}={p.default!r}" for k, p in params.items())
+  for name in compress.names():
+    hp = ", ".join(f"{k}={v!r}" for k, v in compress.hparams(name).items())
     lines.append(f"  {name}: {hp}")
-  lines.append(f"task kinds (--config.model.kind): {', '.join(sorted(tasks.KINDS))}")
+  lines.append(f"task kinds (--config.model.kind): {', '.join(tasks.KINDS.names())}")
   return "\n".join(lines)
 
 

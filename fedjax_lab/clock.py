@@ -12,10 +12,12 @@ profile trains exactly as it would without one.
   a seeded lognormal factor exp(σ·z_i)); each round a replica may straggle,
   slowed by `straggler_factor` with probability `straggler_prob`, drawn as a
   pure function of (seed, round) so a resumed run draws the same.
-* A network profile (bandwidth, latency) prices each message the algorithm
-  says it sends (`Engine.messages`: ddp and DeMo every step, the round rules
-  once per round, Streaming DiLoCo once per fragment) with
-  `comm.collectives.collective_seconds`, the one network cost model.
+* A network profile (`comm.links.NetworkProfile`: bandwidth and latency,
+  uniform or per island) prices each message the algorithm says it sends
+  (`Engine.messages`: ddp and DeMo every step, the round rules once per round,
+  Streaming DiLoCo once per fragment) with
+  `comm.collectives.collective_seconds`, the one network cost model, paced by
+  the slowest link of the M replicas' ring (or of the slowest possible group).
 * A sync policy decides who does what in a round: 'wait_all' (everyone does
   its steps, the round waits for the slowest), 'dylu' (DyLU, Dynamic Local
   Updates: replica i takes H_i = max(⌊H·min_j t_j / t_i⌋, h_min) steps, t
@@ -40,8 +42,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fedjax_lab.comm.collectives import collective_seconds
 from fedjax_lab.comm.collectives import Message
+from fedjax_lab.comm.links import NetworkProfile  # noqa: F401 (re-exported)
 
 # The sync policies. 'async' (Asynchronous Local-SGD) has no `Plan` per round:
 # the run drives `async_local_sgd.AsyncSimulator` instead (run/async_rounds.py),
@@ -50,12 +52,6 @@ POLICIES = ("wait_all", "dylu", "deadline", "async")
 DEADLINE_MODES = ("partial", "drop")
 _STRAGGLER_TAG = 0xC10C  # Separates the clock's draws from the data's.
 _EPS = 1e-9  # Step counts from float ratios: 3.9999999 steps is 4.
-
-
-class NetworkProfile(NamedTuple):
-  """The link between replicas: Gbit/s (decimal) and seconds per hop."""
-  bandwidth_gbps: float = 1.0
-  latency_s: float = 1e-3
 
 
 class DeviceProfile(NamedTuple):
@@ -183,12 +179,15 @@ def round_events(messages: Sequence[Tuple[int, Message]], *, num_replicas: int,
 
   The messages sent after the same step form one sync (their collectives
   run back to back); with τ = `overlap_steps` > 0 its result is merged τ
-  steps later (in the next round when that is past H).
+  steps later (in the next round when that is past H). A collective spans
+  all M replicas (one that sits out a round's average still relays its
+  zero-weighted share), so the slowest island's link paces it; for a group
+  exchange, whose random groups the clock does not see, that is the slowest
+  group there can be.
   """
   per_step: Dict[int, float] = {}
   for t, msg in messages:
-    per_step[t] = per_step.get(t, 0.0) + collective_seconds(
-        msg, num_replicas, network.bandwidth_gbps, network.latency_s)
+    per_step[t] = per_step.get(t, 0.0) + network.seconds(msg, num_replicas)
   events = [Event(t, "sync", t, c) for t, c in per_step.items()]
   if overlap_steps:
     for t in per_step:
@@ -309,7 +308,7 @@ class Clock:
            "step_seconds": [float(x) for x in d.step_seconds],
            "straggler_prob": d.straggler_prob,
            "straggler_factor": d.straggler_factor,
-           "bandwidth_gbps": n.bandwidth_gbps, "latency_s": n.latency_s,
+           **n.describe(),
            "comm_seconds_per_round": self.comm_seconds_per_round(),
            "overlap_steps": self.overlap_steps}
     if p.name == "deadline":

@@ -86,13 +86,20 @@ def _all_positive(values):
   return None
 
 
+def _all_nonnegative(values):
+  for v in values:
+    if not math.isfinite(v) or v < 0:
+      return f"every entry must be a finite number >= 0 (got {v!r})"
+  return None
+
+
 POSITIVE = _range(1)
 NONNEG = _range(0)
 SEED = _range(0, UINT32_MAX)
 
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
     "model": {
-        "kind": ("str", _one_of(sorted(tasks_lib.KINDS))),
+        "kind": ("str", _one_of(tasks_lib.KINDS.names())),
         "d_model": ("int", POSITIVE),
         "num_layers": ("int", POSITIVE),
         "num_heads": ("int", POSITIVE),
@@ -142,7 +149,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "hparams": ("open", _any),
     },
     "comm": {
-        "compressor": ("str", _one_of(sorted(compress_lib._REGISTRY))),  # pylint: disable=protected-access
+        "compressor": ("str", _one_of(compress_lib.names())),
         "hparams": ("open", _any),
     },
     "engine": {
@@ -180,6 +187,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
         "straggler_factor": ("float", _range(1.0)),
         "bandwidth_gbps": ("float", _range(0.0, lo_open=True)),
         "latency_s": ("float", NONNEG),
+        "bandwidths_gbps": ("floats", _all_positive),
+        "latencies_s": ("floats", _all_nonnegative),
         "deadline_quantile": ("float", _range(0.0, 1.0, lo_open=True)),
         "deadline_seconds": ("float", NONNEG),
         "deadline_mode": ("str", _one_of(clock_lib.DEADLINE_MODES)),
@@ -281,26 +290,11 @@ def _scalar_type(parameter: inspect.Parameter):
   return None
 
 
-def _factory_params(factory) -> Dict[str, inspect.Parameter]:
-  return {k: p for k, p in inspect.signature(factory).parameters.items()
-          if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
-def _compressor_params(name: str) -> Dict[str, inspect.Parameter]:
-  params = _factory_params(compress_lib._REGISTRY[name])  # pylint: disable=protected-access
-  params["ef"] = inspect.Parameter("ef", inspect.Parameter.KEYWORD_ONLY,
-                                   default=False, annotation=bool)
-  return params
-
-
 def registry_hparams(group: str) -> Dict[str, type]:
   """{hparam: type} over every entry of the 'outer' or 'comm' registry."""
-  if group == "outer":
-    factories = [_factory_params(outer_lib.REGISTRY[n]) for n in outer_lib.names()]
-  else:
-    factories = [_compressor_params(n) for n in sorted(compress_lib._REGISTRY)]  # pylint: disable=protected-access
+  registry = outer_lib.REGISTRY if group == "outer" else compress_lib.REGISTRY
   out = {}
-  for params in factories:
+  for params in map(registry.parameters, registry.names()):
     for field, p in params.items():
       kind = _scalar_type(p)
       if kind is None:

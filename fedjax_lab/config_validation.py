@@ -10,7 +10,7 @@ exit code 2 without a traceback.
 The schema (each field's type and range, the open hparams groups) is in
 `fedjax_lab.config_schema`; this module holds the checks across fields: the
 chosen outer algorithm and compressor accept their hparams (the entry's own
-list, `fedjax_lab.outer.hparams(name)` or the compressor factory's signature,
+list, `fedjax_lab.outer.hparams(name)` or `fedjax_lab.comm.compress.hparams`,
 decides which may be set), the devices and the model's shape, the clock, the
 population and the data. `validate` runs them all in order.
 """
@@ -24,7 +24,6 @@ import ml_collections
 
 from fedjax_lab import outer as outer_lib
 from fedjax_lab.comm import compress as compress_lib
-from fedjax_lab.config_schema import _compressor_params
 from fedjax_lab.config_schema import add_unset_hparams  # noqa: F401 (re-exported)
 from fedjax_lab.config_schema import check_schema
 from fedjax_lab.config_schema import CLIENT_PARTITIONS
@@ -72,7 +71,7 @@ def check_registries(config) -> None:
     raise ConfigError(_registry_error("outer.hparams", allowed, e)) from None
   comp = config.comm.compressor
   chp = comm_hparams(config)
-  comp_allowed = _compressor_params(comp)
+  comp_allowed = compress_lib.hparams(comp)
   _check_open("comm.hparams", f"compressor {comp!r}", chp, comp_allowed)
   try:
     compress_lib.get(comp, **chp)
@@ -146,6 +145,13 @@ def check_clock(config) -> None:
     raise ConfigError(f"clock.speeds: needs one speed per replica "
                       f"(train.num_replicas={m}) or () for all 1, got "
                       f"{len(ck.speeds)}: {show(tuple(ck.speeds))}")
+  for field, uniform in (("bandwidths_gbps", "bandwidth_gbps"),
+                         ("latencies_s", "latency_s")):
+    if len(ck[field]) not in (0, m):
+      raise ConfigError(
+          f"clock.{field}: needs one value per replica (train.num_replicas="
+          f"{m}) or () for all clock.{uniform}, got {len(ck[field])}: "
+          f"{show(tuple(ck[field]))}")
   if ck.policy != "wait_all" and outer_lib.get(
       config.outer.name, **outer_hparams(config)).every_step:
     raise ConfigError(

@@ -40,8 +40,37 @@ def run_cli(script, args, *, data_dir, timeout=180, devices=1, env=None):
       text=True, timeout=timeout, check=False)
 
 
-def popen_cli(script, args, *, data_dir, devices=1):
+def popen_cli(script, args, *, data_dir, devices=1, stderr=subprocess.PIPE):
+  """Starts experiments/<script>; `stderr` a file to keep a long run's log
+  from filling the pipe."""
   return subprocess.Popen(
       [sys.executable, _script(script), *args],
       cwd=REPO, env=cli_env(data_dir, devices), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
+      stderr=stderr, text=True)
+
+
+def sigkill_when(child, ready, *, timeout=300.0, poll=0.005):
+  """SIGKILLs the Popen `child` as soon as `ready()` returns something truthy
+  (polled every `poll` s); returns that value. Fails the test if the child
+  ends first or `timeout` s pass; the child never outlives the call."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  deadline, got = time.time() + timeout, None
+  try:
+    while time.time() < deadline and child.poll() is None:
+      got = ready()
+      if got:
+        break
+      time.sleep(poll)
+    assert child.poll() is None, (
+        "the run ended before it could be killed: "
+        f"{(child.stderr.read() if child.stderr else '')[-2000:]}")
+    assert got, f"not ready to kill after {timeout} s"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+  finally:
+    if child.poll() is None:
+      child.kill()
+      child.wait(timeout=30)
+  assert child.returncode == -signal.SIGKILL, child.returncode
+  return got

@@ -8,7 +8,10 @@ import os
 
 import pytest
 
+from _runner_util import popen_cli
 from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
+from _runner_util import run_cli
+from _runner_util import sigkill_when
 from configs import smoke
 from fedjax_lab import run as run_lib
 from fedjax_lab.metrics import read_rows
@@ -119,3 +122,77 @@ def test_bad_async_configs_exit_2_naming_the_field(
   assert len(lines) == 1 and lines[0].startswith("error:"), lines
   assert field in lines[0], lines
   assert not workdir.exists()
+
+
+def _final_checkpoints(workdir):
+  ckpts = workdir / "checkpoints"
+  return sorted(int(p) for p in os.listdir(ckpts) if p.isdigit()) if (
+      ckpts.exists()) else []
+
+
+def _written_rounds(workdir):
+  """Rounds of the train rows on disk (a line being written is skipped)."""
+  try:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  except FileNotFoundError:
+    return []
+  out = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if row.get("kind") == "train":
+      out.append(row["round"])
+  return out
+
+
+@pytest.mark.slow
+def test_async_run_sigkilled_mid_round_resumes_bit_identically(tmp_path,
+                                                               data_dir):
+  """experiments/run.py under 'async' with speeds (1, 0.5), SIGKILLed after a
+  checkpoint, in a round past it (its rows and the in-flight updates since
+  are lost), restarted: the same rows, clock and model as a run never
+  killed."""
+  rounds = 16
+  flags = {"train.rounds": rounds, "train.eval_every": 8,
+           "train.checkpoint_every": 4, "train.log_every": 1,
+           "clock.policy": "async", "clock.speeds": "(1.0,0.5)"}
+  ref = tmp_path / "ref"
+  proc = run_cli("run.py", _argv(data_dir, ref, flags), data_dir=data_dir,
+                 timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  work = tmp_path / "killed"
+
+  def past_a_checkpoint():
+    """(checkpoints, rounds written) once a round after the last final
+    checkpoint has its row: the run is then inside the round after it."""
+    steps, written = _final_checkpoints(work), _written_rounds(work)
+    if steps and written and max(written) > steps[-1]:
+      return steps, written
+    return None
+
+  with open(tmp_path / "killed.log", "w") as log:
+    child = popen_cli("run.py", _argv(data_dir, work, flags),
+                      data_dir=data_dir, stderr=log)
+    steps, written = sigkill_when(child, past_a_checkpoint, timeout=300)
+  assert steps[-1] < max(written) < rounds, (steps, written)
+  assert not (work / "summary.json").exists() or json.loads(
+      (work / "summary.json").read_text())["status"] != "completed"
+
+  proc = run_cli("run.py", _argv(data_dir, work, flags), data_dir=data_dir,
+                 timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((work / "summary.json").read_text())
+  expected = json.loads((ref / "summary.json").read_text())
+  assert summary["status"] == "completed" and summary["rounds"] == rounds
+  assert summary["resumes"] == 1
+  assert summary["resumed_from"] >= steps[-1] >= 4
+  for key in ("sim_seconds", "final_eval", "tokens", "best_eval_loss"):
+    assert summary[key] == expected[key], key
+  assert summary["clock"] == expected["clock"]
+  rows = _rows(work)
+  assert rows == _rows(ref)
+  assert [r["round"] for r in rows if r["kind"] == "train"] == list(
+      range(1, rounds + 1))

@@ -342,6 +342,15 @@ def test_interrupted_run_resumes_bit_identically_clock_included(tmp_path,
     ({"clock.speeds": "(1.0,0.5,0.25)"}, "clock.speeds"),  # M = 2.
     ({"clock.bandwidth_gbps": "0.0"}, "clock.bandwidth_gbps"),
     ({"clock.latency_s": "-1.0"}, "clock.latency_s"),
+    # Per-island links (M = 2): the wrong length, out of range, not finite.
+    ({"clock.bandwidths_gbps": "(1.0,0.25,1.0)"}, "clock.bandwidths_gbps"),
+    ({"clock.bandwidths_gbps": "(1.0,0.0)"}, "clock.bandwidths_gbps"),
+    ({"clock.bandwidths_gbps": "(1.0,1e999)"}, "clock.bandwidths_gbps"),
+    ({"clock.latencies_s": "(0.01,)"}, "clock.latencies_s"),
+    ({"clock.latencies_s": "(0.01,-0.01)"}, "clock.latencies_s"),
+    ({"clock.latencies_s": "(0.01,-1e999)"}, "clock.latencies_s"),
+    ({"clock.policy": "async", "clock.bandwidths_gbps": "(1.0,)"},
+     "clock.bandwidths_gbps"),
     ({"clock.straggler_factor": "0.5"}, "clock.straggler_factor"),
     ({"clock.policy": "asynchronous"}, "clock.policy"),  # Unknown.
     ({"clock.policy": "dylu", "outer.name": "ddp"}, "clock.policy"),

@@ -43,10 +43,9 @@ Where things are: the `Compressor` interface, `none` and `tree_bytes` in
 `fedjax_lab.comm.compressor`; the leaf codecs in `fedjax_lab.comm.codecs`; the
 quantisers (bf16, fp16, int8, int4, fp4, uint8, topk) in
 `fedjax_lab.comm.quantizers`; `error_feedback` in `fedjax_lab.comm.feedback`.
-All are importable from here, with `dct_topk`, the registry and `get`.
+All are importable from here, with `dct_topk`, the registry (`REGISTRY`, a
+`fedjax_lab.registry.Registry`: `names`, `hparams`, `get`).
 """
-
-import inspect
 
 import jax
 import numpy as np
@@ -66,6 +65,7 @@ from fedjax_lab.comm.quantizers import int4
 from fedjax_lab.comm.quantizers import int8
 from fedjax_lab.comm.quantizers import topk
 from fedjax_lab.comm.quantizers import uint8
+from fedjax_lab.registry import Registry
 
 
 def dct_topk(*, chunk: int = 64, topk: int = 32) -> Compressor:
@@ -99,7 +99,21 @@ def dct_topk(*, chunk: int = 64, topk: int = 32) -> Compressor:
                         params, chunk, topk), collective="all_gather")
 
 
-_REGISTRY = {
+def _error_feedback(name: str, compressor: Compressor, *,
+                    ef: bool = False) -> Compressor:
+  """`compressor`, wrapped in `error_feedback` when `ef` (the `ef` hparam)."""
+  check_bool(name, "ef", ef)
+  if ef and name == "none":
+    raise ValueError("compression: none: ef=True keeps the residual of a "
+                     "lossy compressor, and 'none' loses nothing; choose a "
+                     "compressor (e.g. 'int8') or ef=False")
+  return error_feedback(compressor) if ef else compressor
+
+
+# Every compressor also takes `ef` (bool, default False): wrap it in
+# `error_feedback`. The factories' messages name themselves
+# ("compression: int8: ..."), so `get` does not prefix them.
+REGISTRY = Registry("compressor", "comm.compressor", {
     "none": none,
     "bf16": bf16,
     "fp16": fp16,
@@ -109,14 +123,16 @@ _REGISTRY = {
     "uint8": uint8,
     "topk": topk,
     "dct_topk": dct_topk,
-}
+}, extra={"ef": False}, wrap=_error_feedback, prefix_errors=False)
+names = REGISTRY.names
+hparams = REGISTRY.hparams
 
 
 def get(name: str, **hparams) -> Compressor:
   """Returns the compressor registered under `name`.
 
   Args:
-    name: one of the keys of `_REGISTRY`.
+    name: one of `names()`.
     **hparams: the factory's keyword arguments, plus `ef` (bool, default
       False): wrap the result in `error_feedback`.
 
@@ -124,24 +140,4 @@ def get(name: str, **hparams) -> Compressor:
     ValueError: unknown name (lists the known ones), unknown hparam (lists the
       allowed ones) or a bad hparam value (names the field and what it may be).
   """
-  if name not in _REGISTRY:
-    raise ValueError(
-        f"compression: unknown compressor {name!r}; known: {sorted(_REGISTRY)}")
-  ef = hparams.pop("ef", False)
-  check_bool(name, "ef", ef)
-  if ef and name == "none":
-    raise ValueError("compression: none: ef=True keeps the residual of a "
-                     "lossy compressor, and 'none' loses nothing; choose a "
-                     "compressor (e.g. 'int8') or ef=False")
-  factory = _REGISTRY[name]
-  params = inspect.signature(factory).parameters
-  takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
-                  for p in params.values())
-  if not takes_any:
-    allowed = sorted(params) + ["ef"]
-    for field in hparams:
-      if field not in params:
-        raise ValueError(f"compression: {name}: unknown hparam {field!r}; "
-                         f"allowed: {allowed}")
-  compressor = factory(**hparams)
-  return error_feedback(compressor) if ef else compressor
+  return REGISTRY.get(name, **hparams)

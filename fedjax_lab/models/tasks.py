@@ -5,10 +5,11 @@ A `Task` is what the engine trains: `init(rng) -> params` and
 with params a plain pytree of float32 arrays (flax.linen's
 `model.init(rng, x)['params']`).
 
-`KINDS` is the task registry the runner reads (`config.model.kind` → how to
-load its data, check its model fields, build its Task and size its
-activations): a new kind of task is one entry here (and its model fields in
-configs/default.py), not branches in the runner.
+`KINDS` is the task registry the runner reads (a `fedjax_lab.registry.Registry`
+of `TaskKind` values, `config.model.kind` → how to load its data, check its
+model fields, build its Task and size its activations): a new kind of task is
+one entry here (and its model fields in configs/default.py), not branches in
+the runner.
 """
 
 import math
@@ -20,6 +21,7 @@ import optax
 
 from fedjax_lab.models import classifiers
 from fedjax_lab.models import transformer
+from fedjax_lab.registry import Registry
 from fedjax_lab.typing import Batch
 from fedjax_lab.typing import Params
 from fedjax_lab.typing import PRNGKey
@@ -270,7 +272,7 @@ def _image_activation_bytes(model, examples: int) -> float:
   return 4.0 * examples * (4 * 28 * 28 * max(widths[0], 1) + 4 * sum(widths))
 
 
-KINDS: Dict[str, TaskKind] = {
+KINDS = Registry("task kind", "model.kind", {
     "lm": TaskKind(sources=_lm_sources, check=_lm_check, build=_lm_build,
                    activation_bytes=_lm_activation_bytes,
                    example_units=lambda model: model.seq_len,
@@ -280,11 +282,9 @@ KINDS: Dict[str, TaskKind] = {
         sources=_image_sources, check=lambda model: None, build=_image_build,
         activation_bytes=_image_activation_bytes,
         example_units=lambda model: 1),
-}
+})
 
 
 def kind(name: str) -> TaskKind:
-  """The registry entry of `name` (ValueError listing the known kinds)."""
-  if name not in KINDS:
-    raise ValueError(f"unknown task kind {name!r}; known: {sorted(KINDS)}")
+  """The registry entry of `name` (ValueError naming model.kind, listing the kinds)."""
   return KINDS[name]

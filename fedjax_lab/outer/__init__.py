@@ -1,11 +1,10 @@
 """The registry of outer algorithms: `get(name, **hparams)`.
 
-A plain dict from name to factory (no registration at import time). Every
-factory takes keyword-only hyperparameters and validates them.
+`REGISTRY` is a `fedjax_lab.registry.Registry` (name -> factory, fixed here;
+no registration at import time); `names`, `hparams` and `get` are its
+methods. Every factory takes keyword-only hyperparameters and validates them;
+`get` prefixes a factory's ValueError with "outer algorithm '<name>': ".
 """
-
-import inspect
-from typing import Callable, Dict
 
 from fedjax_lab.outer.base import optax_outer
 from fedjax_lab.outer.base import OuterAlgorithm
@@ -33,8 +32,9 @@ from fedjax_lab.outer.papa import papa_all
 from fedjax_lab.outer.scaffold import check_inner as check_scaffold_inner
 from fedjax_lab.outer.scaffold import scaffold
 from fedjax_lab.outer.sparseloco import sparseloco
+from fedjax_lab.registry import Registry
 
-REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
+REGISTRY = Registry("outer algorithm", "outer.name", {
     "fedavg": fedavg,
     "fedavgm": fedavgm,
     "fedadam": fedadam,
@@ -53,46 +53,10 @@ REGISTRY: Dict[str, Callable[..., OuterAlgorithm]] = {
     "desloc": desloc,
     "local_adam": local_adam,
     "noloco": noloco,
-}
-
-
-def names():
-  """The registered names, sorted."""
-  return sorted(REGISTRY)
-
-
-def hparams(name: str) -> Dict[str, object]:
-  """The hyperparameters `name` accepts, with their defaults."""
-  factory = _factory(name)
-  return {k: p.default for k, p in inspect.signature(factory).parameters.items()}
-
-
-def _factory(name: str) -> Callable[..., OuterAlgorithm]:
-  if name not in REGISTRY:
-    raise ValueError(f"outer.name: unknown outer algorithm {name!r}; "
-                     f"known: {', '.join(names())}")
-  return REGISTRY[name]
-
-
-def get(name: str, **hparams_) -> OuterAlgorithm:
-  """Builds the outer algorithm `name` with keyword hyperparameters.
-
-  Raises:
-    ValueError: unknown name (lists the known ones), unknown hyperparameter
-      (lists the allowed ones) or a value outside its range (names the field).
-  """
-  factory = _factory(name)
-  allowed = inspect.signature(factory).parameters
-  unknown = sorted(set(hparams_) - set(allowed))
-  if unknown:
-    raise ValueError(
-        f"outer algorithm {name!r}: unknown hyperparameter(s) {unknown}; "
-        f"allowed: {', '.join(allowed) or 'none'}")
-  try:
-    return factory(**hparams_)
-  except ValueError as e:
-    raise ValueError(f"outer algorithm {name!r}: {e}") from None
-
+})
+names = REGISTRY.names
+hparams = REGISTRY.hparams
+get = REGISTRY.get
 
 __all__ = [
     "OuterAlgorithm", "ReplicaOps", "SyncInputs", "REGISTRY", "get", "names",

@@ -12,10 +12,11 @@ meaning: about one task per worker per round.
   so a resumed run reads what an uninterrupted one reads.
 * Time: the simulator's event clock; the profile's seconds per step are the
   run's clock's (`clock.speeds`, `clock.lognormal_sigma`, `clock.step_seconds`
-  or FLOPs); one arrival costs the server the time to receive Δ_i and send θ
-  over one link (the algorithm's messages as a two-party exchange,
-  `collective_seconds`, both ways); `clock.async_grace` is in fastest step
-  times.
+  or FLOPs); one arrival of worker i costs the server the time to receive Δ_i
+  and send θ over worker i's own link (`clock.bandwidths_gbps`,
+  `clock.latencies_s`, or the uniform link; the algorithm's messages as a
+  two-party exchange, `collective_seconds`, both ways); `clock.async_grace`
+  is in fastest step times.
 * Checkpoints: the `AsyncState` (θ, the server rule's state, every worker's
   in-flight Δ_i, inner states and loss, the event clock, the key) is the
   orbax item the TrainState is otherwise; the loop saves and restores it
@@ -34,7 +35,6 @@ import numpy as np
 
 from fedjax_lab import async_local_sgd as async_lib
 from fedjax_lab.comm import compress as compress_lib
-from fedjax_lab.comm.collectives import collective_seconds
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.outer import async_rules
 
@@ -59,11 +59,13 @@ def build_simulator(config, engine, clock, params) -> async_lib.AsyncSimulator:
                       f"process, this run has {jax.process_count()}; allowed: "
                       "a synchronous policy")
   secs = tuple(float(s) for s in clock.device.step_seconds)
-  net = clock.network
-  one_way = sum(collective_seconds(msg._replace(collective="group",
-                                                group_size=2), 2,
-                                   net.bandwidth_gbps, net.latency_s)
-                for _, msg in engine.messages(params))
+  net, messages = clock.network, engine.messages(params)
+
+  def one_way(i):  # Worker i's messages to the server, over its own link.
+    return sum(net.seconds(msg._replace(collective="group", group_size=2), 2,
+                           members=(i,)) for _, msg in messages)
+
+  sync = tuple(2.0 * one_way(i) for i in range(m))
   accepted = async_rules.rule_hparams(ck.async_rule)
   hparams = {"learning_rate": ck.async_learning_rate or None,
              "momentum": ck.async_momentum, "delay": ck.async_delay or None}
@@ -73,7 +75,8 @@ def build_simulator(config, engine, clock, params) -> async_lib.AsyncSimulator:
     server = async_rules.server_rule(ck.async_rule, num_workers=m, **hparams)
     profile = async_lib.AsyncProfile(
         secs, grace=ck.async_grace * min(secs), dylu=ck.async_dylu,
-        min_steps=ck.dylu_min_steps, sync_seconds=2.0 * one_way)
+        min_steps=ck.dylu_min_steps,
+        sync_seconds=sync if net.per_island else sync[0])
     return async_lib.AsyncSimulator(engine, profile, server)
   except ValueError as e:
     raise ConfigError(f"clock.policy: 'async': {' '.join(str(e).split())}"
@@ -85,7 +88,9 @@ def describe(sim: async_lib.AsyncSimulator, config) -> Dict[str, Any]:
   p = sim.profile
   return {"async_rule": config.clock.async_rule,
           "async_task_steps": [int(h) for h in sim.task_steps],
-          "async_grace_seconds": p.grace, "async_sync_seconds": p.sync_seconds}
+          "async_grace_seconds": p.grace,
+          "async_sync_seconds": (list(p.sync_seconds) if isinstance(
+              p.sync_seconds, tuple) else p.sync_seconds)}
 
 
 def _savable(state: async_lib.AsyncState) -> async_lib.AsyncState:

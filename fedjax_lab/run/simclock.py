@@ -39,8 +39,12 @@ def build_clock(config, task, engine, params) -> clock_lib.Clock:
         speeds=tuple(ck.speeds), lognormal_sigma=ck.lognormal_sigma,
         straggler_prob=ck.straggler_prob,
         straggler_factor=ck.straggler_factor, seed=config.train.seed)
+    network = clock_lib.NetworkProfile.build(
+        config.train.num_replicas, bandwidth_gbps=ck.bandwidth_gbps,
+        latency_s=ck.latency_s, bandwidths_gbps=tuple(ck.bandwidths_gbps),
+        latencies_s=tuple(ck.latencies_s))
     clock = clock_lib.Clock(
-        device, clock_lib.NetworkProfile(ck.bandwidth_gbps, ck.latency_s),
+        device, network,
         clock_lib.Policy(ck.policy, ck.deadline_quantile, ck.deadline_seconds,
                          ck.deadline_mode, ck.dylu_min_steps),
         engine.messages(params), inner_steps=engine.inner_steps,

@@ -60,6 +60,8 @@ _ADDED_FIELDS = {"inner.schedule_steps": 0, "train.max_empty_rounds": 3,
                  "clock.async_learning_rate": 0.0, "clock.async_momentum": 0.9,
                  "clock.async_delay": 0, "clock.async_grace": 0.0,
                  "clock.async_dylu": False,
+                 # Made before per-island links.
+                 "clock.bandwidths_gbps": [], "clock.latencies_s": [],
                  # Made before the stdlib corpus had a test split (v1.0.0,
                  # whose train split was larger): such a run cannot resume.
                  "data.test_split": ""}
