@@ -274,3 +274,17 @@ def test_runs_with_equal_islands_are_bit_identical(tmp_path, data_dir, policy):
     recorded = json.load(f)["clock"]
   assert recorded["bandwidths_gbps"] == [0.01, 0.01]
   assert recorded["latencies_s"] == [0.02, 0.02]
+
+
+def test_report_header_names_the_per_island_links():
+  from fedjax_lab.run import report  # pylint: disable=g-import-not-at-top
+  clock = {"step_seconds": 0.5, "device_flops": 1e12, "speeds": [],
+           "bandwidth_gbps": 1.0, "latency_s": 0.001,
+           "bandwidths_gbps": [1.0, 0.25, 1.0], "latencies_s": []}
+  header = report.profile_text([{"config": {"clock": clock}}])
+  assert "links per island [1.0, 0.25, 1.0] Gbit/s" in header, header
+  assert "latency 0.001 s per hop" in header, header
+  clock["bandwidths_gbps"], clock["latencies_s"] = [], [0.01, 0.02, 0.005]
+  header = report.profile_text([{"config": {"clock": clock}}])
+  assert "links 1 Gbit/s" in header, header
+  assert "latency per island [0.01, 0.02, 0.005] s per hop" in header, header

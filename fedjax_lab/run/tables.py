@@ -50,10 +50,13 @@ def profile_text(results: Sequence[Dict[str, Any]]) -> str:
   if c.get("straggler_prob"):
     extra.append(f"stragglers p {c['straggler_prob']:g} × "
                  f"{c['straggler_factor']:g}")
+  bw, lat = c.get("bandwidths_gbps") or (), c.get("latencies_s") or ()
+  links = (f"links per island {list(bw)} Gbit/s" if bw
+           else f"links {c['bandwidth_gbps']:g} Gbit/s")
+  links += (f", latency per island {list(lat)} s per hop" if lat
+            else f", latency {c['latency_s']:g} s per hop")
   return (f"Simulated clock: {device}, {spread}"
-          + "".join(", " + e for e in extra)
-          + f"; links {c['bandwidth_gbps']:g} Gbit/s, latency "
-          f"{c['latency_s']:g} s per hop.")
+          + "".join(", " + e for e in extra) + f"; {links}.")
 
 
 def _outer_lr(r: Dict[str, Any]) -> Optional[float]:
