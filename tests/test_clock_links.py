@@ -28,6 +28,7 @@ from fedjax_lab.run import async_rounds
 from fedjax_lab.run import loop as loop_lib
 from test_clock import loss_fn
 from test_clock import PARAMS
+from test_clock import run_rounds
 from test_clock import STEP
 
 H = 4
@@ -51,14 +52,6 @@ def clock_of(algorithm, network, *, step=STEP, policy=clock_lib.Policy(),
   return clock_lib.Clock(
       clock_lib.DeviceProfile(np.asarray(step, np.float64)), network, policy,
       engine.messages(PARAMS), inner_steps=H, overlap_steps=overlap_steps)
-
-
-def run_rounds(clock, rounds):
-  state, out = clock_lib.ClockState(), []
-  for r in range(1, rounds + 1):
-    seconds, state = clock.advance(r, clock.plan(r), state)
-    out.append(seconds)
-  return out, state
 
 
 def test_ring_all_reduce_is_paced_by_the_slowest_link_by_hand():
