@@ -42,8 +42,10 @@ def smoke_run(data_dir, tmp_path_factory):  # noqa: F811
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   args = ["--size=smoke", "--seeds=2", f"--workdir={root / 'work'}"]
+  # 36 runs (18 arms × 2 seeds); ~4.5 min before the frontier claims' five
+  # arms, so 300 s no longer left room on 2 shared cores.
   proc = run_cli("claims.py", args + [f"--out={root / 'claims.md'}"],
-                 data_dir=data_dir, timeout=300, env=env)
+                 data_dir=data_dir, timeout=600, env=env)
   return proc, root, args, env
 
 

@@ -14,6 +14,8 @@ Sources (see docs/algorithms.md for the rules in the project's words):
   OpenDiLoCo, arXiv 2407.07852; INTELLECT-1, arXiv 2412.01152; Streaming
     DiLoCo, arXiv 2501.18512: quantized outer gradients.
   FedProx, Li et al., arXiv 1812.06127.
+  MuLoCo arXiv 2505.23725, SparseLoCo arXiv 2508.15706, NoLoCo arXiv
+    2506.10911, DES-LOC arXiv 2505.22549: in `frontier_claims`.
 
 The numbers, the verdict rules and the judges are in `verdicts`; the page
 (docs/claims.md) is written by `claims_page.render`.
@@ -27,6 +29,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import ml_collections
 
+from experiments.study import frontier_claims
 from experiments.study.verdicts import judge_budget
 from experiments.study.verdicts import judge_drop
 from experiments.study.verdicts import judge_fedprox
@@ -225,7 +228,7 @@ CLAIMS = (
           "FedProx with μ→0 tends to FedAvg (μ=0 is FedAvg).",
           "FedProx, Li et al., arXiv 1812.06127 (its proximal term)",
           "μ=0 ≡ FedAvg", "1x", _fedprox_arms, judge_fedprox),
-)
+) + tuple(Claim(**c) for c in frontier_claims.CLAIMS)
 CLAIM_IDS = tuple(c.id for c in CLAIMS)
 
 

@@ -257,3 +257,99 @@ def judge_fedprox(losses):
       "FedAvg's arm (its inner lr), so μ = 0 would be that arm exactly.",
       {f"{r[8:]} vs fedavg, absolute (%)": g for r, g in gaps.items()}
       | {"shrink (points)": shrink})
+
+
+# -- The frontier methods (experiments/study/frontier_claims.py). -------------
+
+
+def _versus(losses, a: str, b: str):
+  """(q, noise): per seed how much worse arm a's loss is than b's (%), and
+  the noise of that paired difference."""
+  q = rel_pct(losses[a], losses[b])
+  return q, noise_pct(q)
+
+
+def _beats(losses, method: str, what: str):
+  """A direction claim: `method` has lower loss than the DiLoCo arm.
+
+  q = rel_pct(method, diloco) per seed. Holds when mean q < −noise (lower
+  beyond seed noise), does not hold when mean q > noise (higher beyond it),
+  else inconclusive: a tie does not confirm "beats".
+  """
+  q, noise = _versus(losses, method, "diloco")
+  v = direction(q, noise, "down")
+  return Judgement(
+      v, f"{_pm(q)} (n={_n(losses)})",
+      f"{what} vs DiLoCo: {_mean(q):+.2f}% (noise {noise:.2f}%); "
+      + {HOLDS: "lower loss beyond seed noise.",
+         FAILS: "higher loss beyond seed noise.",
+         NOISE: "within seed noise, so not shown better."}[v]
+      + " Each arm at its own tuned point.",
+      {f"{method} vs diloco (%)": q})
+
+
+def _matches(losses, method: str, baseline: str, what: str, extra: str = ""):
+  """A no-loss claim: `method` is no worse than `baseline`.
+
+  q = rel_pct(method, baseline) per seed. Does not hold when mean q > noise;
+  otherwise holds when noise <= MAX_NOISE_PCT, else inconclusive.
+  """
+  q, noise = _versus(losses, method, baseline)
+  v = no_loss(q, noise)
+  return Judgement(
+      v, f"{_pm(q)} (n={_n(losses)})",
+      f"{what}: {_mean(q):+.2f}% (noise {noise:.2f}%); "
+      + {HOLDS: "no worse beyond seed noise.",
+         FAILS: "worse beyond seed noise.",
+         NOISE: "not worse beyond noise, but the seeds disagree too much "
+                "to confirm a match."}[v] + extra,
+      {f"{method} vs {baseline} (%)": q})
+
+
+def judge_muloco(losses):
+  """MuLoCo (Muon inner) beats DiLoCo (AdamW inner): a direction claim.
+
+  Roles 'diloco', 'muloco'. q = 100·(L_muloco − L_diloco)/L_diloco per seed;
+  holds when mean q < −noise, does not hold when mean q > noise, else
+  inconclusive (noise = noise_pct(q)).
+  """
+  return _beats(losses, "muloco", "Muon inside DiLoCo (MuLoCo)")
+
+
+def judge_sparseloco(losses):
+  """SparseLoCo beats full-precision DiLoCo: a direction claim.
+
+  Roles 'diloco', 'sparseloco'. q = 100·(L_sparseloco − L_diloco)/L_diloco
+  per seed; holds when mean q < −noise, does not hold when mean q > noise,
+  else inconclusive (noise = noise_pct(q)).
+  """
+  return _beats(losses, "sparseloco",
+                "SparseLoCo (top-k 128 per 64×64 chunk, 2-bit values)")
+
+
+def judge_noloco(losses):
+  """NoLoCo converges as fast as DiLoCo or faster: a no-loss claim at equal
+  budget (the final test loss stands for convergence speed).
+
+  Roles 'diloco', 'noloco'. q = 100·(L_noloco − L_diloco)/L_diloco per seed;
+  does not hold when mean q > noise; otherwise holds when noise <=
+  MAX_NOISE_PCT, else inconclusive (noise = noise_pct(q)).
+  """
+  return _matches(losses, "noloco", "diloco", "NoLoCo vs DiLoCo",
+                  " Same tokens: a lower or equal final loss is read as "
+                  "converging at least as fast.")
+
+
+def judge_desloc(losses):
+  """DES-LOC keeps Local Adam's quality: a no-loss claim.
+
+  Roles 'local_adam', 'desloc' (the same arm but for the moments' sync
+  periods). q = 100·(L_desloc − L_local_adam)/L_local_adam per seed; does not
+  hold when mean q > noise; otherwise holds when noise <= MAX_NOISE_PCT, else
+  inconclusive (noise = noise_pct(q)). The traffic saving follows from the
+  periods and is not judged: per round one model copy plus 1/u_every +
+  1/v_every moment copies, against Local Adam's 3.
+  """
+  return _matches(losses, "desloc", "local_adam", "DES-LOC vs Local Adam",
+                  " The traffic is set by the periods (1 + 1/u_every + "
+                  "1/v_every model copies per round vs 3), not measured here.")
