@@ -246,7 +246,11 @@ def _rows(workdir):
   return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
 
-@pytest.mark.parametrize("policy", ["wait_all", "async"])
+# One policy end to end: async builds its own per-replica link times
+# (run/async_rounds.py); wait_all's run goes through the same
+# NetworkProfile.build that the clock-level tests above pin for every policy,
+# so a second ~50 s run would add only time.
+@pytest.mark.parametrize("policy", ["async"])
 def test_runs_with_equal_islands_are_bit_identical(tmp_path, data_dir, policy):
   base = {"data.data_dir": str(data_dir), "train.tensorboard": False,
           "train.rounds": 2, "train.eval_every": 2,
