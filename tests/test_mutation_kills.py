@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedjax_lab import outer
 from fedjax_lab.comm import compress
 from fedjax_lab.comm import dct
+from test_engine_modes import STREAMABLE
 
 
 def _blocks_np(x, s1, s2):
@@ -50,3 +52,77 @@ def test_compress_topk_fraction_one_is_accepted_and_lossless():
   c = compress.get("topk", fraction=1.0)
   out, _ = jax.jit(c.compress)({"x": jnp.asarray(x)}, c.init({"x": x}), jax.random.PRNGKey(0))
   np.testing.assert_array_equal(np.asarray(out["x"]), x)
+
+
+# Each entry's defaults, typed from docs/algorithms.md (its sources: DiLoCo
+# Table 5 outer lr 0.7 / Nesterov 0.9, FedOpt Alg. 2 β1 0.9 / τ 1e-3 paper form,
+# FedAvgM heavy ball 0.9, EASGD β 0.9, PAPA α 0.99, SCAFFOLD η_g 1, DeMo's
+# reference code, SparseLoCo / NoLoCo / DES-LOC's papers), not read from the
+# factories. Kills the mutants of a default value (outer/diloco.py:15 lr 0.7 ->
+# 1.7, outer/fedavg.py:31-32 fedavgm lr / momentum / reset_inner_state,
+# outer/fedprox.py:17 mu 0.01 -> 1.01): every other test passes hparams.
+DEFAULTS = {
+    "ddp": {},
+    "demo": {"learning_rate": 4e-4, "compression_decay": 0.999,
+             "compression_topk": 32, "compression_chunk": 64,
+             "weight_decay": 0.0},
+    "desloc": {"u_every": 3, "v_every": 6},
+    "diloco": {"learning_rate": 0.7, "momentum": 0.9, "nesterov": True,
+               "reset_inner_state": False},
+    "easgd": {"beta": 0.9, "rho": 0.0, "reset_inner_state": False},
+    "fedadagrad": {"learning_rate": 0.01, "b1": 0.9, "tau": 1e-3,
+                   "bias_correction": False, "reset_inner_state": True},
+    "fedadam": {"learning_rate": 0.01, "b1": 0.9, "b2": None, "tau": 1e-3,
+                "bias_correction": False, "reset_inner_state": True},
+    "fedavg": {"learning_rate": 1.0, "reset_inner_state": True},
+    "fedavgm": {"learning_rate": 1.0, "momentum": 0.9,
+                "reset_inner_state": True},
+    "fedprox": {"mu": 0.01, "outer": "fedavg", "outer_hparams": None,
+                "reset_inner_state": None},
+    "fedyogi": {"learning_rate": 0.01, "b1": 0.9, "b2": None, "tau": 1e-3,
+                "bias_correction": False, "reset_inner_state": True},
+    "local_adam": {},
+    "noloco": {"learning_rate": 0.7, "momentum": 0.5, "group_size": 2},
+    "papa": {"alpha": 0.99, "reset_inner_state": False},
+    "papa_2": {"reset_inner_state": False},
+    "papa_all": {"reset_inner_state": False},
+    "scaffold": {"local_lr": None, "server_lr": 1.0, "num_clients": None},
+    "sparseloco": {"learning_rate": 1.0, "decay": 0.95, "chunk_size": 64,
+                   "top_k": 128, "quant_bins": 4, "quant_range": 6.0,
+                   "reset_inner_state": False},
+}
+
+
+def test_every_entrys_defaults_are_the_documented_ones():
+  assert sorted(DEFAULTS) == outer.names()
+  for name, expected in DEFAULTS.items():
+    assert outer.hparams(name) == expected, name
+
+
+def test_the_built_rules_carry_the_default_flags():
+  # What the defaults build, not only the signature: FedAvg-family clients
+  # are stateless (inner state reset every round), DiLoCo's keep theirs.
+  assert outer.get("fedavgm").reset_inner_state
+  assert outer.get("fedavg").reset_inner_state
+  assert not outer.get("diloco").reset_inner_state
+  assert outer.get("fedprox").reset_inner_state  # FedAvg's choice, kept.
+  assert not outer.get("fedprox", reset_inner_state=False).reset_inner_state
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "diloco"])
+def test_momentum_one_is_refused(name):
+  """outer/base.py:263 `value < 1` -> `value <= 1`: momentum 1 never decays."""
+  with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+    outer.get(name, momentum=1.0)
+  outer.get(name, momentum=0.0)  # The closed end is allowed.
+
+
+def test_streamable_exactly_the_pinned_rules():
+  """outer/base.py:188 (client_init test inverted), outer/easgd.py:53
+  restarts_replicas=True, outer/desloc.py:96 leafwise=True: each flips which
+  rules a fragment schedule accepts. Compiles nothing (the engine-level
+  check is tests/test_engine_modes.py::test_streaming_accepts_...)."""
+  for name in outer.names():
+    kw = {"local_lr": 0.1} if name == "scaffold" else {}
+    reason = outer.get(name, **kw).why_not_streamable()
+    assert (reason is None) == (name in STREAMABLE), (name, reason)

@@ -96,6 +96,7 @@ class Ref:
       if self.name in ("fedavg", "fedprox"):
         g = g - hp.get("learning_rate", 1.0) * delta
         reps = [g.copy() for _ in range(m)]
+        reset = hp.get("reset_inner_state", True)
       elif self.name == "fedavgm":
         b = hp["momentum"] * state.get("b", 0.0) + delta
         state["b"] = b
@@ -104,7 +105,10 @@ class Ref:
       elif self.name == "diloco":
         b = hp["momentum"] * state.get("b", 0.0) + delta
         state["b"] = b
-        g = g - hp["learning_rate"] * (delta + hp["momentum"] * b)
+        if hp.get("nesterov", True):
+          g = g - hp["learning_rate"] * (delta + hp["momentum"] * b)
+        else:  # Heavy ball: θ ← θ − lr·b.
+          g = g - hp["learning_rate"] * b
         reps = [g.copy() for _ in range(m)]
         reset = False
       elif self.name in ("fedadam", "fedyogi", "fedadagrad"):
@@ -170,9 +174,11 @@ CASES = [
     ("fedadagrad", {"learning_rate": 0.05, "b1": 0.9, "tau": 1e-2,
                     "bias_correction": True}),
     ("diloco", {"learning_rate": 0.7, "momentum": 0.9}),
+    ("diloco", {"learning_rate": 0.7, "momentum": 0.9, "nesterov": False}),
     ("easgd", {"beta": 0.9}),
     ("easgd", {"beta": 0.9, "rho": 0.1}),
     ("fedprox", {"mu": 0.1}),
+    ("fedprox", {"mu": 0.1, "reset_inner_state": False}),  # Keeps inner state.
     ("papa", {"alpha": 0.9}),
     ("papa_all", {}),
     ("papa_2", {}),

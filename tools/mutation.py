@@ -57,6 +57,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 STATE = ROOT / ".mutation"
 OR = "tests/test_outer_reference.py"
 ENGINE = "tests/test_engine.py"
+KILLS = "tests/test_mutation_kills.py"
 
 # module -> (source file, pytest arguments; see pytest_args). Each subset is the fast tests that
 # exercise the file, the most direct reference first (pytest -x stops at the
@@ -66,21 +67,23 @@ MODULES = {
         ("fedjax_lab/outer/__init__.py", [OR]),
     "outer/base":
         ("fedjax_lab/outer/base.py",
-         [OR, ENGINE, "-k", "matches_numpy_reference or partner_out or partial_participation "
-          "or nonfinite_replica_is_dropped or nobody or reset_inner_state or papa_2_pairs"]),
+         [OR, ENGINE, KILLS, "-k", "matches_numpy_reference or partner_out "
+          "or partial_participation or nonfinite_replica_is_dropped or nobody "
+          "or reset_inner_state or papa_2_pairs or mutation_kills"]),
     "outer/ddp":
         ("fedjax_lab/outer/ddp.py", [OR, ENGINE, "-k", "ddp"]),
     "outer/diloco":
-        ("fedjax_lab/outer/diloco.py", [OR, ENGINE, "-k", "diloco"]),
+        ("fedjax_lab/outer/diloco.py", [OR, ENGINE, KILLS, "-k", "diloco or mutation_kills"]),
     "outer/fedavg":
-        ("fedjax_lab/outer/fedavg.py", [OR, ENGINE, "-k", "fedavg-0 or fedavg-1 or fedavg_h1"]),
+        ("fedjax_lab/outer/fedavg.py", [OR, ENGINE, KILLS, "-k", "fedavg-0 or fedavg-1 "
+                                   "or fedavg_h1 or fedavgm or mutation_kills"]),
     "outer/fedopt":
         ("fedjax_lab/outer/fedopt.py",
          [OR, ENGINE, "-k", "fedavgm or fedadam or fedyogi or fedadagrad"]),
     "outer/fedprox":
-        ("fedjax_lab/outer/fedprox.py", [OR, ENGINE, "-k", "fedprox"]),
+        ("fedjax_lab/outer/fedprox.py", [OR, ENGINE, KILLS, "-k", "fedprox or mutation_kills"]),
     "outer/easgd":
-        ("fedjax_lab/outer/easgd.py", [OR, "-k", "easgd"]),
+        ("fedjax_lab/outer/easgd.py", [OR, KILLS, "-k", "easgd or mutation_kills"]),
     "outer/papa":
         ("fedjax_lab/outer/papa.py", [OR, ENGINE, "-k", "papa"]),
     "outer/demo":
@@ -88,7 +91,7 @@ MODULES = {
          ["tests/test_demo.py", "-k", "matches_numpy_reference or full_k or bytes_by_hand "
           "or nonfinite or bad_hparams or registry_entry"]),
     "outer/desloc":
-        ("fedjax_lab/outer/desloc.py", ["tests/test_desloc.py"]),
+        ("fedjax_lab/outer/desloc.py", ["tests/test_desloc.py", KILLS]),
     "outer/noloco":
         ("fedjax_lab/outer/noloco.py", ["tests/test_noloco.py"]),
     "outer/scaffold":
