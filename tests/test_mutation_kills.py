@@ -126,3 +126,26 @@ def test_streamable_exactly_the_pinned_rules():
     kw = {"local_lr": 0.1} if name == "scaffold" else {}
     reason = outer.get(name, **kw).why_not_streamable()
     assert (reason is None) == (name in STREAMABLE), (name, reason)
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("int8", {}), ("int8", {"block_size": 4}), ("int4", {"block_size": 4}),
+    ("fp4", {}), ("fp4", {"block_size": 4}), ("uint8", {})])
+def test_an_empty_leaf_costs_no_bytes(name, hp):
+  """comm/codecs.py:39 `_num_blocks(0)` 0 -> 1: an empty tensor would be
+  charged one block's scale (4 bytes). By hand: it has nothing to send."""
+  c = compress.get(name, **hp)
+  w = {"w": jnp.zeros((3, 5))}
+  assert c.payload_bytes({**w, "e": jnp.zeros((0, 3))}) == c.payload_bytes(w)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "fp4", "uint8"])
+def test_an_all_zero_block_roundtrips_to_zero(name):
+  """comm/codecs.py:108 `scale > 0` -> `>= 0` (fp4): an all-zero block's
+  absmax scale is 0, and 0/0 would make NaN of what must stay exactly 0."""
+  x = jnp.concatenate([jnp.zeros(8), jnp.array([1.0, -2.0, 0.5, 0.25])])
+  hp = {} if name == "uint8" else {"block_size": 4}
+  c = compress.get(name, **hp)
+  state = c.init({"x": x})
+  out, _ = c.compress({"x": x}, state, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(np.asarray(out["x"])[:8], 0.0)

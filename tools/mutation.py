@@ -110,7 +110,7 @@ MODULES = {
     "comm/compress":
         ("fedjax_lab/comm/compress.py", ["tests/test_compress.py"]),
     "comm/codecs":
-        ("fedjax_lab/comm/codecs.py", ["tests/test_compress.py"]),
+        ("fedjax_lab/comm/codecs.py", ["tests/test_compress.py", KILLS]),
     "comm/quantizers":
         ("fedjax_lab/comm/quantizers.py", ["tests/test_compress.py"]),
     "comm/feedback":
