@@ -149,3 +149,17 @@ def test_an_all_zero_block_roundtrips_to_zero(name):
   state = c.init({"x": x})
   out, _ = c.compress({"x": x}, state, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(np.asarray(out["x"])[:8], 0.0)
+
+
+def test_async_server_rules_defaults_are_the_documented_ones():
+  """outer/async_rules.py:42 DN lr 0.7 -> 1.7 (and vanilla's): the asyncdiloco
+  notebook's outer lr, 0.7 synchronous (DN's buffered step) vs 0.07 per
+  arrival, momentum 0.9 (docs/algorithms.md, asynchronous Local-SGD)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from fedjax_lab.outer import async_rules  # pylint: disable=g-import-not-at-top
+  defaults = lambda f: {k: p.default for k, p in
+                        inspect.signature(f).parameters.items()}
+  assert defaults(async_rules.delayed_nesterov) == {
+      "learning_rate": 0.7, "momentum": 0.9, "delay": 1}
+  assert defaults(async_rules.vanilla) == {
+      "learning_rate": 0.07, "momentum": 0.9, "weight": 1.0, "nesterov": True}

@@ -64,7 +64,7 @@ KILLS = "tests/test_mutation_kills.py"
 # first failure, so a killed mutant rarely runs more than one test).
 MODULES = {
     "outer/__init__":
-        ("fedjax_lab/outer/__init__.py", [OR]),
+        ("fedjax_lab/outer/__init__.py", [KILLS, OR]),
     "outer/base":
         ("fedjax_lab/outer/base.py",
          [OR, ENGINE, KILLS, "-k", "matches_numpy_reference or partner_out "
@@ -102,7 +102,8 @@ MODULES = {
         ("fedjax_lab/outer/sparseloco.py", ["tests/test_sparseloco.py"]),
     "outer/async_rules":
         ("fedjax_lab/outer/async_rules.py",
-         ["tests/test_async_local_sgd.py", "-k", "reference or equal_speeds or delay_one"]),
+         ["tests/test_async_local_sgd.py", KILLS, "-k", "reference or equal_speeds "
+          "or delay_one or async_server_rules"]),
     "sync":
         ("fedjax_lab/sync.py",
          [OR, ENGINE, "-k", "matches_numpy_reference or partner_out or partial_participation "
