@@ -4,12 +4,15 @@ Each test names the mutant it kills (module:line, the change) and checks the
 behaviour against a reference computed here, independently of fedjax_lab.
 """
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fedjax_lab import outer
+from fedjax_lab.outer import async_rules
 from fedjax_lab.comm import compress
 from fedjax_lab.comm import dct
 from test_engine_modes import STREAMABLE
@@ -155,8 +158,6 @@ def test_async_server_rules_defaults_are_the_documented_ones():
   """outer/async_rules.py:42 DN lr 0.7 -> 1.7 (and vanilla's): the asyncdiloco
   notebook's outer lr, 0.7 synchronous (DN's buffered step) vs 0.07 per
   arrival, momentum 0.9 (docs/algorithms.md, asynchronous Local-SGD)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  from fedjax_lab.outer import async_rules  # pylint: disable=g-import-not-at-top
   defaults = lambda f: {k: p.default for k, p in
                         inspect.signature(f).parameters.items()}
   assert defaults(async_rules.delayed_nesterov) == {
