@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fedjax_lab import outer
-from fedjax_lab.outer import async_rules
 from fedjax_lab.comm import compress
 from fedjax_lab.comm import dct
+from fedjax_lab.outer import async_rules
 from test_engine_modes import STREAMABLE
 
 
