@@ -96,45 +96,76 @@ DEFAULTS = {
 }
 
 
-def test_every_entrys_defaults_are_the_documented_ones():
+# tools/mutation.py runs, for a module, the tests here named test_<module>_...
+
+
+def _check_defaults(*names):
+  for name in names:
+    assert outer.hparams(name) == DEFAULTS[name], name
+
+
+def test_init_every_entrys_defaults_are_the_documented_ones():
+  """outer/__init__.py: `names`, `hparams` are the registry's, for every entry."""
   assert sorted(DEFAULTS) == outer.names()
-  for name, expected in DEFAULTS.items():
-    assert outer.hparams(name) == expected, name
+  _check_defaults(*DEFAULTS)
 
 
-def test_the_built_rules_carry_the_default_flags():
-  # What the defaults build, not only the signature: FedAvg-family clients
-  # are stateless (inner state reset every round), DiLoCo's keep theirs.
+def test_diloco_defaults_are_the_documented_ones():
+  _check_defaults("diloco")
+  assert not outer.get("diloco").reset_inner_state  # Keeps its inner state.
+
+
+def test_fedavg_defaults_are_the_documented_ones():
+  # FedAvg-family clients are stateless: inner state reset every round.
+  _check_defaults("fedavg", "fedavgm")
   assert outer.get("fedavgm").reset_inner_state
   assert outer.get("fedavg").reset_inner_state
-  assert not outer.get("diloco").reset_inner_state
+
+
+def test_fedprox_defaults_and_its_reset_flag():
+  _check_defaults("fedprox")
   assert outer.get("fedprox").reset_inner_state  # FedAvg's choice, kept.
   assert not outer.get("fedprox", reset_inner_state=False).reset_inner_state
 
 
 @pytest.mark.parametrize("name", ["fedavgm", "diloco"])
-def test_momentum_one_is_refused(name):
+def test_base_momentum_one_is_refused(name):
   """outer/base.py:263 `value < 1` -> `value <= 1`: momentum 1 never decays."""
   with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
     outer.get(name, momentum=1.0)
   outer.get(name, momentum=0.0)  # The closed end is allowed.
 
 
-def test_streamable_exactly_the_pinned_rules():
-  """outer/base.py:188 (client_init test inverted), outer/easgd.py:53
-  restarts_replicas=True, outer/desloc.py:96 leafwise=True: each flips which
-  rules a fragment schedule accepts. Compiles nothing (the engine-level
-  check is tests/test_engine_modes.py::test_streaming_accepts_...)."""
-  for name in outer.names():
+def _streamable_as_pinned(names):
+  for name in names:
     kw = {"local_lr": 0.1} if name == "scaffold" else {}
     reason = outer.get(name, **kw).why_not_streamable()
     assert (reason is None) == (name in STREAMABLE), (name, reason)
 
 
+def test_base_streamable_exactly_the_pinned_rules():
+  """outer/base.py:188 (client_init test inverted) flips which rules a
+  fragment schedule accepts. Compiles nothing (the engine-level check is
+  tests/test_engine_modes.py::test_streaming_accepts_...)."""
+  _streamable_as_pinned(outer.names())
+
+
+def test_easgd_is_not_streamable():
+  """outer/easgd.py:53 restarts_replicas=True: EASGD's workers are never
+  reset to the center, so a fragment schedule must refuse it."""
+  _streamable_as_pinned(["easgd"])
+
+
+def test_desloc_is_not_streamable():
+  """outer/desloc.py:96 leafwise=True: DES-LOC's sync reads Adam's moments,
+  not only the parameters, so a fragment schedule must refuse it."""
+  _streamable_as_pinned(["desloc", "local_adam"])
+
+
 @pytest.mark.parametrize("name,hp", [
     ("int8", {}), ("int8", {"block_size": 4}), ("int4", {"block_size": 4}),
     ("fp4", {}), ("fp4", {"block_size": 4}), ("uint8", {})])
-def test_an_empty_leaf_costs_no_bytes(name, hp):
+def test_codecs_an_empty_leaf_costs_no_bytes(name, hp):
   """comm/codecs.py:39 `_num_blocks(0)` 0 -> 1: an empty tensor would be
   charged one block's scale (4 bytes). By hand: it has nothing to send."""
   c = compress.get(name, **hp)
@@ -143,7 +174,7 @@ def test_an_empty_leaf_costs_no_bytes(name, hp):
 
 
 @pytest.mark.parametrize("name", ["int8", "int4", "fp4", "uint8"])
-def test_an_all_zero_block_roundtrips_to_zero(name):
+def test_codecs_an_all_zero_block_roundtrips_to_zero(name):
   """comm/codecs.py:108 `scale > 0` -> `>= 0` (fp4): an all-zero block's
   absmax scale is 0, and 0/0 would make NaN of what must stay exactly 0."""
   x = jnp.concatenate([jnp.zeros(8), jnp.array([1.0, -2.0, 0.5, 0.25])])
@@ -154,7 +185,7 @@ def test_an_all_zero_block_roundtrips_to_zero(name):
   np.testing.assert_array_equal(np.asarray(out["x"])[:8], 0.0)
 
 
-def test_async_server_rules_defaults_are_the_documented_ones():
+def test_async_rules_defaults_are_the_documented_ones():
   """outer/async_rules.py:42 DN lr 0.7 -> 1.7 (and vanilla's): the asyncdiloco
   notebook's outer lr, 0.7 synchronous (DN's buffered step) vs 0.07 per
   arrival, momentum 0.9 (docs/algorithms.md, asynchronous Local-SGD)."""
