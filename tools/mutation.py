@@ -204,7 +204,10 @@ def run_tests(key):
     with open(".mutation_timeouts", "a") as f:
       f.write(pathlib.Path(".mutation_current").read_text() + "\n")
     return 1
-  return rc
+  # mutmut 2 counts only exit code 1 as a kill (`tests_pass` is `rc != 1`):
+  # a mutant that breaks an import makes pytest exit 2 (collection error)
+  # and would be reported as surviving. Any failure of the tests is a kill.
+  return 0 if rc == 0 else 1
 
 
 def _results_from_cache(work, key):
