@@ -4,8 +4,8 @@ Each `Claim` is data: an id, the statement, its source (paper and table or
 figure), the published number, a builder of its arms and a judge. All claims'
 arms run in one comparison (`run_comparison`), an arm that several claims use
 (the ddp arm, the tuned DiLoCo arm) once; each claim is then judged on the
-test-split loss (`final_test['loss']`, nats per byte) of its arms, paired per
-seed. Validation is for tuning only and is never read here.
+test-split loss (`final_test['loss']`, nats per byte) of its arms or its
+`measure` of each run, paired per seed; validation is for tuning only.
 
 Sources (see docs/algorithms.md for the rules in the project's words):
   DiLoCo, Douillard et al., arXiv 2311.08105: outer optimizer, H and
@@ -14,11 +14,9 @@ Sources (see docs/algorithms.md for the rules in the project's words):
   OpenDiLoCo, arXiv 2407.07852; INTELLECT-1, arXiv 2412.01152; Streaming
     DiLoCo, arXiv 2501.18512: quantized outer gradients.
   FedProx, Li et al., arXiv 1812.06127.
-  MuLoCo arXiv 2505.23725, SparseLoCo arXiv 2508.15706, NoLoCo arXiv
-    2506.10911, DES-LOC arXiv 2505.22549: in `frontier_claims`.
-
-The numbers, the verdict rules and the judges are in `verdicts`; the page
-(docs/claims.md) is written by `claims_page.render`.
+  The frontier methods in `frontier_claims`, asynchronous Local-SGD (arXiv
+    2401.09135) in `time_claims`. Rules and judges: `verdicts`; the page
+    (docs/claims.md): `claims_page.render`.
 """
 
 import copy
@@ -30,6 +28,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import ml_collections
 
 from experiments.study import frontier_claims
+from experiments.study import time_claims
 from experiments.study.verdicts import judge_budget
 from experiments.study.verdicts import judge_drop
 from experiments.study.verdicts import judge_fedprox
@@ -75,7 +74,6 @@ class Setup(NamedTuple):
   drop_prob: float = 0.5
 
 
-
 class Claim(NamedTuple):
   """A published claim and the experiment that checks it.
 
@@ -86,7 +84,8 @@ class Claim(NamedTuple):
     published: the published number(s).
     budget: which budget(s) the arms use ('1x', '4x' or '1x+4x').
     arms: (setup, seed) -> {role: arm}; roles are the judge's names.
-    judge: {role: [test loss per seed]} -> Judgement.
+    judge: {role: [test loss, or measure, per seed]} -> Judgement.
+    measure: (summary, run dir) -> (value, '' or why not); None: test loss.
   """
   id: str
   statement: str
@@ -94,8 +93,8 @@ class Claim(NamedTuple):
   published: str
   budget: str
   arms: Callable[[Setup, int], Dict[str, Dict[str, Any]]]
-  judge: Callable[[Dict[str, List[float]]], Judgement]
-
+  judge: Callable[[Dict[str, List[Any]]], Judgement]
+  measure: Optional[Callable[[Dict[str, Any], str], Tuple[Any, str]]] = None
 
 
 # -- Arms. --------------------------------------------------------------------
@@ -184,7 +183,6 @@ def _fedprox_arms(setup, seed):
   return arms
 
 
-
 CLAIMS = (
     Claim("m1_matches_ddp",
           "DiLoCo with one replica (M=1) is no worse than data-parallel "
@@ -228,7 +226,7 @@ CLAIMS = (
           "FedProx with μ→0 tends to FedAvg (μ=0 is FedAvg).",
           "FedProx, Li et al., arXiv 1812.06127 (its proximal term)",
           "μ=0 ≡ FedAvg", "1x", _fedprox_arms, judge_fedprox),
-) + tuple(Claim(**c) for c in frontier_claims.CLAIMS)
+) + tuple(Claim(**c) for c in time_claims.CLAIMS + frontier_claims.CLAIMS)
 CLAIM_IDS = tuple(c.id for c in CLAIMS)
 
 
@@ -372,18 +370,21 @@ def run_claims(base_config: ml_collections.ConfigDict, arm_fn: ArmFn,
                     type(e).__name__, e)
       by_name = {n: r for n, r in ((n, _from_disk(workdir, a))
                                    for n, a in unique.items()) if r}
-  return [_outcome(c, plans[c.id], by_name, errors.get(c.id), setup)
+  return [_outcome(c, plans[c.id], by_name, errors.get(c.id), setup, workdir)
           for c in claims]
 
 
-def _outcome(claim, plan, by_name, error, setup) -> Outcome:
-  losses, why, tpp = {}, [], {}
+def _outcome(claim, plan, by_name, error, setup, workdir) -> Outcome:
+  losses, values, why, tpp = {}, {}, [], {}
   for role, arms in plan.items():
-    losses[role] = []
+    losses[role], values[role] = [], []
     for a in arms:
       r = by_name.get(a["name"])
-      loss, reason = _test_loss(r)
+      loss, reason = _test_loss(r)  # The judge reads it, or the measure:
+      value, reason = (claim.measure(r, os.path.join(workdir, a["name"]))
+                       if claim.measure and not reason else (loss, reason))
       losses[role].append(loss)
+      values[role].append(value)
       if reason:
         why.append(f"{a['name']}: {reason}")
       elif r.get("num_params") and r.get("tokens"):
@@ -396,4 +397,4 @@ def _outcome(claim, plan, by_name, error, setup) -> Outcome:
   if claim.judge is judge_h:  # Its note counts the outer steps left.
     kwargs["budget_steps"] = (setup.configs["1x"].train.rounds
                               * setup.configs["1x"].inner.steps)
-  return Outcome(claim, claim.judge(losses, **kwargs), "", losses, names, tpp)
+  return Outcome(claim, claim.judge(values, **kwargs), "", losses, names, tpp)

@@ -1,6 +1,6 @@
 """docs/claims.md: the page `experiments/claims.py` writes from the outcomes."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from experiments.study.claims import BUDGETS
 from experiments.study.claims import Outcome
@@ -16,6 +16,15 @@ def _budget_text(o: Outcome) -> str:
     parts.append(f"{BUDGETS[b]} ({tpp:.1f} tokens/param)" if tpp else
                  f"{BUDGETS[b]}")
   return ", ".join(parts)
+
+
+def _measure_text(o: Outcome) -> List[str]:
+  """A claim judged on another measure than the test loss: its line."""
+  m = o.claim.measure
+  if m is None:
+    return []
+  first = (m.__doc__ or m.__name__).strip().split("\n\n")[0]
+  return [f"- Measure: {' '.join(first.split())}"]
 
 
 def _cell(x: Optional[float], fmt: str = "{:.4f}") -> str:
@@ -50,12 +59,14 @@ def render(outcomes: Sequence[Outcome], *, command: str, date: str,
       "order and its initial parameters.",
       f"- Budgets: {budget_line} (1× is a quarter of 4×'s rounds).",
       "- Metric: test-split loss (nats/byte, whole split) at the end of "
-      "training; validation is only used to tune the arms.",
+      "training, unless a claim names another measure; validation is only "
+      "used to tune the arms.",
       "- Arms: configs/compare.py's tuned arms (inner lr and outer "
       "hyperparameters chosen on the validation split by its tuning sweep, "
-      "configs/tuned.json); a claim's variants (H, M, codec, drop, μ) change "
-      "only that field of the tuned arm. Runs in the workdir, one per arm "
-      "and seed, named <budget>_<arm>_s<seed>.",
+      "configs/tuned.json); a claim's variants (H, M, codec, drop, μ, replica "
+      "speeds and sync policy) change only those fields of the tuned arm. "
+      "Runs in the workdir, one per arm and seed, named "
+      "<budget>_<arm>_s<seed>.",
       f"- Verdict rules: {RULES}",
       "",
       "| claim | source | published | ours (mean ± std) | verdict |",
@@ -69,7 +80,7 @@ def render(outcomes: Sequence[Outcome], *, command: str, date: str,
     j = o.judgement
     lines += ["", f"## {o.claim.id}", "", o.claim.statement, "",
               f"- Source: {o.claim.source}; published: {o.claim.published}.",
-              f"- Budget: {_budget_text(o)}.",
+              f"- Budget: {_budget_text(o)}.", *_measure_text(o),
               f"- Verdict: **{j.verdict if j else NOT_RUN}**. "
               + (j.note if j else f"Not judged: {o.why_not_run}."), ""]
     n = max(len(v) for v in o.losses.values())

@@ -1,9 +1,12 @@
 """Verdicts of the claims: paired seed differences, noise, and the judges.
 
+(Over 400 lines on purpose: every verdict rule in one module, read side by side.)
+
 Verdict rules (`RULES`, also written into docs/claims.md). Every compared
 quantity is a relative test-loss difference in percent,
-d = 100·(L_a − L_b)/L_b (positive: a is worse), computed per seed on arms
-that share that seed, then summarised by `report.seed_stats`. Its noise is
+d = 100·(L_a − L_b)/L_b (positive: a is worse; for a claim about time, of
+the simulated seconds to a target test loss), computed per seed on arms that
+share that seed, then summarised by `report.seed_stats`. Its noise is
 
   noise = max(TOL_PCT, the std over seeds of d),
 
@@ -41,7 +44,9 @@ MAX_NOISE_PCT = 2.0
 
 RULES = (
     "Every compared quantity is a relative test-loss difference in percent, "
-    "d = 100·(L_a − L_b)/L_b (positive: a is worse), paired per seed. "
+    "d = 100·(L_a − L_b)/L_b (positive: a is worse), paired per seed; a "
+    "claim about time compares the simulated seconds to a target test loss "
+    "the same way. "
     f"noise = max({TOL_PCT}%, the std of d over seeds); a difference is "
     "resolved when |mean d| > noise. Direction claims (A beats B, a gap "
     "grows or shrinks) hold when resolved in the claimed direction, do not "
@@ -353,3 +358,62 @@ def judge_desloc(losses):
   return _matches(losses, "desloc", "local_adam", "DES-LOC vs Local Adam",
                   " The traffic is set by the periods (1 + 1/u_every + "
                   "1/v_every model copies per round vs 3), not measured here.")
+
+
+# -- Time, unequal speeds (experiments/study/time_claims.py). -----------------
+
+
+def judge_async(losses):
+  """Async DiLoCo (DN + DyLU) matches synchronous DiLoCo per update: a
+  no-loss claim at equal inner steps.
+
+  Roles 'wait_all', 'async' (time_claims.async_rounds gives the async arm
+  about the wait_all arm's inner steps). q = 100·(L_async − L_wait_all)/
+  L_wait_all per seed; does not hold when mean q > noise; otherwise holds
+  when noise <= MAX_NOISE_PCT, else inconclusive (noise = noise_pct(q)).
+  """
+  return _matches(losses, "async", "wait_all",
+                  "Async DN + DyLU vs synchronous DiLoCo (wait_all)",
+                  " About the same inner steps in total: the async arm runs "
+                  "more rounds of M arrivals, as DyLU shortens slow tasks.")
+
+
+def _seconds_to(curve, target: float) -> float:
+  """Simulated seconds at a curve's first evaluation at or below target."""
+  return next(s for s, loss in curve if loss <= target)
+
+
+def judge_dylu_time(curves):
+  """DyLU reaches a target test loss sooner than wait_all: a direction claim
+  on simulated time.
+
+  Roles 'wait_all', 'dylu'; each value is one run's (sim_seconds, test loss)
+  per evaluation along the way, in order, the last at its last round
+  (time_claims.sim_curve). Per seed the target is the worse (higher) of the
+  two curves' last test losses, so both reach it (the one that ends worse at
+  its end, or sooner); T is the simulated seconds at a run's first
+  evaluation at or below it, and q = 100·(T_dylu − T_wait_all)/T_wait_all.
+  Holds when mean q < −noise (dylu faster beyond seed noise), does not hold
+  when mean q > noise, else inconclusive (noise = noise_pct(q)).
+  """
+  pairs = list(zip(curves["wait_all"], curves["dylu"]))
+  targets = [max(w[-1][1], d[-1][1]) for w, d in pairs]
+  t_wait = [_seconds_to(w, t) for (w, _), t in zip(pairs, targets)]
+  t_dylu = [_seconds_to(d, t) for (_, d), t in zip(pairs, targets)]
+  q = rel_pct(t_dylu, t_wait)
+  noise = noise_pct(q)
+  v = direction(q, noise, "down")
+  return Judgement(
+      v, f"dylu {_mean(t_dylu):.3g} s vs wait_all {_mean(t_wait):.3g} s to "
+      f"target: {_pm(q)} (n={_n(curves)})",
+      "Simulated seconds to a target test loss (per seed the worse of the "
+      "two at the last evaluation: "
+      f"{', '.join(f'{t:.4f}' for t in targets)}), dylu vs wait_all: "
+      f"{_mean(q):+.2f}% (noise {noise:.2f}%); "
+      + {HOLDS: "dylu gets there sooner beyond seed noise.",
+         FAILS: "dylu gets there later beyond seed noise.",
+         NOISE: "within seed noise, so not shown faster."}[v]
+      + " Times are at evaluations (their resolution).",
+      {"wait_all to target (ms)": [1e3 * t for t in t_wait],
+       "dylu to target (ms)": [1e3 * t for t in t_dylu],
+       "dylu vs wait_all (%)": q})
