@@ -157,7 +157,8 @@ def test_async_run_sigkilled_mid_round_resumes_bit_identically(tmp_path,
   rounds = 16
   flags = {"train.rounds": rounds, "train.eval_every": 8,
            "train.checkpoint_every": 4, "train.log_every": 1,
-           "clock.policy": "async", "clock.speeds": "(1.0,0.5)"}
+           "clock.policy": "async", "clock.speeds": "(1.0,0.5)",
+           "clock.async_dylu": True}  # Unequal tasks: H and H/2 steps.
   ref = tmp_path / "ref"
   proc = run_cli("run.py", _argv(data_dir, ref, flags), data_dir=data_dir,
                  timeout=300)
@@ -194,5 +195,11 @@ def test_async_run_sigkilled_mid_round_resumes_bit_identically(tmp_path,
   assert summary["clock"] == expected["clock"]
   rows = _rows(work)
   assert rows == _rows(ref)
-  assert [r["round"] for r in rows if r["kind"] == "train"] == list(
-      range(1, rounds + 1))
+  train = [r for r in rows if r["kind"] == "train"]
+  assert [r["round"] for r in train] == list(range(1, rounds + 1))
+  # Tokens are the arrivals' own steps (DyLU: the slow worker's tasks are
+  # half as long), in the summary as in the rows; not rounds × M·H.
+  tokens_per_step = 4 * 32  # configs/smoke.py: B = 4, seq_len 32.
+  steps = sum(r["train/task_steps"] for r in train)
+  assert summary["tokens"] == train[-1]["tokens"] == steps * tokens_per_step
+  assert steps < rounds * 2 * 4, steps  # M = 2, H = 4 without DyLU.

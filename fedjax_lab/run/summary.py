@@ -67,8 +67,11 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   engine = run.engine
   h = run.inner_steps or config.inner.steps
   tokens = rounds_done * run.tokens_per_round
-  if run.population is not None and config.train.local_epochs:
-    tokens = meta.get("tokens", 0)  # Clients' own steps, summed per round.
+  if run.async_sim is not None or (
+      run.population is not None and config.train.local_epochs):
+    # Counted as they happen: the arrivals' own steps (async, DyLU's unequal
+    # tasks included), or the clients' own epochs.
+    tokens = meta.get("tokens", 0)
   # Steps a sync policy skipped (DyLU, a deadline's shorter replicas).
   tokens -= meta.get("skipped_steps", 0) * (
       run.tokens_per_round // (config.train.num_replicas * h))
