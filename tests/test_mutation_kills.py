@@ -5,6 +5,7 @@ behaviour against a reference computed here, independently of fedjax_lab.
 """
 
 import inspect
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedjax_lab import outer
+from fedjax_lab import sync
 from fedjax_lab.comm import compress
 from fedjax_lab.comm import dct
 from fedjax_lab.outer import async_rules
@@ -195,3 +197,21 @@ def test_async_rules_defaults_are_the_documented_ones():
       "learning_rate": 0.7, "momentum": 0.9, "delay": 1}
   assert defaults(async_rules.vanilla) == {
       "learning_rate": 0.07, "momentum": 0.9, "weight": 1.0, "nesterov": True}
+
+
+def test_sync_compressor_keys_are_apart_from_every_step_key():
+  """sync.py:104 fold_in(k, 2**31 - 1) -> fold_in(k, 61): the compressor's
+  stochastic rounding key would be inner step 61's key (local_steps.py
+  derives step t's key as fold_in(replica key, t)), correlating the two
+  streams whenever H > 61. Checked: no replica's compressor key equals any of
+  its first 4,096 step keys, nor another replica's."""
+  state = types.SimpleNamespace(rng=jax.random.PRNGKey(3), round=jnp.int32(5))
+  ops = types.SimpleNamespace(index=jnp.arange(4))
+  _, replica_keys, comm_keys = sync.round_keys(state, ops)
+  data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())
+  steps = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(
+      jnp.arange(4096)))(replica_keys)
+  step_keys = {data(k) for k in np.asarray(
+      jax.random.key_data(steps)).reshape(-1, 2)}
+  comm = {data(k) for k in np.asarray(jax.random.key_data(comm_keys))}
+  assert len(comm) == 4 and not comm & step_keys
