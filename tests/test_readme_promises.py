@@ -197,6 +197,14 @@ def test_comparison_reuses_a_run_only_with_an_identical_config(
   again = compare.run_comparison(base, arms, str(tmp_path))
   assert len(calls) == 1 and summary_path.read_text() == written
   assert again[0]["final_eval"] == first[0]["final_eval"]
+  # A run recorded before a field was added (here the per-island links) is
+  # the same config when the new field is at its default: reused.
+  older = json.loads(written)
+  del older["config"]["clock"]["bandwidths_gbps"]
+  summary_path.write_text(json.dumps(older))
+  compare.run_comparison(base, arms, str(tmp_path))
+  assert len(calls) == 1
+  summary_path.write_text(written)
   # Any other config (here the inner learning rate): run again.
   def refuse(config, workdir):
     del workdir

@@ -10,6 +10,7 @@ import ml_collections
 from fedjax_lab import config_validation
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.run import progress
+from fedjax_lab.run import workdir as workdir_lib
 from fedjax_lab.run.loop import SUMMARY_FILE
 from fedjax_lab.run.loop import train_and_evaluate
 from fedjax_lab.run.loop import TrainingStopped
@@ -51,7 +52,8 @@ def _reusable(path: str, config: ml_collections.ConfigDict):
     return None
   with open(path) as f:
     old = json.load(f)
-  same = old.get("config") == json.loads(json.dumps(config.to_dict()))
+  same = old.get("config") is not None and workdir_lib.same_config(
+      old["config"], config)
   if (old.get("status") == "completed" and same
       and old.get("rounds") == config.train.rounds):
     return old

@@ -211,6 +211,27 @@ def _set_only(hparams):
   return {k: v for k, v in (hparams or {}).items() if v is not None}
 
 
+def _comparable(raw: Dict[str, Any], config):
+  """(old, new) flat configs, comparable field by field: `raw` (a config as
+  a run recorded it) gains the fields added since at their defaults and
+  loses the removed ones; hparams left unset count as absent."""
+  old = _flatten(raw)
+  new = _flatten(json.loads(config.to_json()))
+  for key in ("outer.hparams", "comm.hparams"):
+    old[key], new[key] = _set_only(old.get(key)), _set_only(new.get(key))
+  for key, value in _ADDED_FIELDS.items():
+    old.setdefault(key, value)
+  old = {k: v for k, v in old.items() if not k.startswith(_REMOVED_PREFIXES)}
+  return old, new
+
+
+def same_config(raw: Dict[str, Any], config) -> bool:
+  """Whether a recorded config is `config`, up to the fields added since
+  (at their defaults) and removed since: what a comparison may reuse."""
+  old, new = _comparable(raw, config)
+  return old == new
+
+
 def check_resumable(workdir: str, config) -> Optional[Dict[str, Any]]:
   """The config a workdir was started with (None if new); it must match.
 
@@ -226,13 +247,7 @@ def check_resumable(workdir: str, config) -> Optional[Dict[str, Any]]:
   except (OSError, ValueError) as e:
     raise ConfigError(f"workdir: {path} cannot be read ({e}); use a new "
                       "--workdir") from None
-  old = _flatten(raw)
-  new = _flatten(json.loads(config.to_json()))
-  for key in ("outer.hparams", "comm.hparams"):
-    old[key], new[key] = _set_only(old.get(key)), _set_only(new.get(key))
-  for key, value in _ADDED_FIELDS.items():
-    old.setdefault(key, value)
-  old = {k: v for k, v in old.items() if not k.startswith(_REMOVED_PREFIXES)}
+  old, new = _comparable(raw, config)
   for key in sorted(set(old) | set(new)):
     if old.get(key) != new.get(key):
       if key in RESUMABLE_CHANGES:
