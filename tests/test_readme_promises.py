@@ -222,3 +222,33 @@ def test_comparison_reuses_a_run_only_with_an_identical_config(
   summary_path.write_text(json.dumps(dict(done, status="stopped_nonfinite")))
   with pytest.raises(_Rerun):
     compare.run_comparison(base, arms, str(tmp_path))
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_a_rerun_in_a_workdir_leaves_no_stale_completed_summary(
+    data_dir, tmp_path):
+  """A run started again in a finished workdir (no checkpoint to resume
+  from) rewrites metrics.jsonl from round 1: while it runs (a kill then
+  writes no summary at all), the old 'completed' summary must not sit beside
+  the new rows, or a comparison reuses it with its curves gone."""
+  from fedjax_lab.run import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_dir, **{"train.rounds": 2,
+                                    "train.checkpoint_every": 0})
+  work = str(tmp_path / "w")
+  assert loop_lib.train_and_evaluate(config, work)["status"] == "completed"
+  path = os.path.join(work, "summary.json")
+  seen = []
+
+  def look(batch, r, replica_ids):
+    del replica_ids
+    if r == 1:  # Inside the second attempt, as a SIGKILL would find it.
+      seen.append(os.path.exists(path) and json.load(open(path))["status"])
+      raise _Stop()
+    return batch
+
+  with pytest.raises(_Stop):
+    loop_lib.train_and_evaluate(config, work, batch_hook=look)
+  assert seen == [False], seen

@@ -170,6 +170,11 @@ class _Loop(LoopRecords):
     if restored is not None:
       self.loader.set_state(restored.loader)
     replay = self.meta["rows"] if self.restored else []
+    stale = os.path.join(run.workdir, SUMMARY_FILE)
+    if self.is_main and os.path.exists(stale):
+      # The rows are rewritten from here on: a summary of an earlier attempt
+      # no longer describes them (a comparison would reuse it as completed).
+      os.remove(stale)
     self.writer = MetricsWriter(
         run.workdir, enabled=self.is_main, tensorboard=self.tc.tensorboard,
         keep_through=self.meta["rows_after"] if replay else self.start,
