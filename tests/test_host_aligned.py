@@ -1,4 +1,4 @@
-"""engine.host_aligned: the engine's 64-byte aligned copy of a large host batch
+"""host_arrays.host_aligned: the engine's 64-byte aligned copy of a large host batch
 (XLA:CPU aliases it instead of copying) changes no value and nothing else."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_lab import engine as engine_lib
+from fedjax_lab import host_arrays
 
 
 def _unaligned(shape, dtype=np.float32):
@@ -22,7 +22,7 @@ def _unaligned(shape, dtype=np.float32):
 def test_large_unaligned_array_is_copied_aligned_with_the_same_values():
   x = _unaligned((64, 32, 784))
   assert x.ctypes.data % 64 != 0
-  y = engine_lib.host_aligned(x)
+  y = host_arrays.host_aligned(x)
   assert y is not x and y.ctypes.data % 64 == 0
   assert y.dtype == x.dtype and y.shape == x.shape
   np.testing.assert_array_equal(y, x)
@@ -39,17 +39,17 @@ def test_large_unaligned_array_is_copied_aligned_with_the_same_values():
 ])
 def test_anything_else_is_returned_as_it_is(make):
   x = make()
-  assert engine_lib.host_aligned(x) is x
+  assert host_arrays.host_aligned(x) is x
 
 
 def test_an_aligned_array_is_not_copied():
-  x = engine_lib.host_aligned(_unaligned((64, 32, 784)))
-  assert engine_lib.host_aligned(x) is x
+  x = host_arrays.host_aligned(_unaligned((64, 32, 784)))
+  assert host_arrays.host_aligned(x) is x
 
 
 def test_int_labels_keep_their_values():
   x = _unaligned((64, 4096), np.int32)
-  y = engine_lib.host_aligned(x)
+  y = host_arrays.host_aligned(x)
   assert y.ctypes.data % 64 == 0 and y.dtype == np.int32
   np.testing.assert_array_equal(y, x)
   assert jax.device_put(y).dtype == jnp.int32
