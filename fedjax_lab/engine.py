@@ -1,5 +1,8 @@
 """The replica engine: one jitted call runs a whole round for any algorithm.
 
+(Over 400 lines on purpose: one class, the round program and the state it owns;
+its parts already live in local_steps, sync, data_parallel, layout, host_arrays.)
+
 A round: each of M replicas takes H inner optimizer steps on its own batches
 (`lax.scan` over steps; the replicas of one device run all at once under
 `jax.vmap` or one after another under `lax.map`; `jax.shard_map` spreads them
