@@ -23,8 +23,9 @@ fewer steps, so the table's simulated time (and time to target) is the axis to
 compare on, with loss against simulated wall-clock in
 eval_loss_vs_simulated_wall.png.
 
-Run (6 arms, 1 seed; the 5 synchronous ones take about 15 minutes on 2 CPU
-cores, the async arm is not timed yet):
+Run (6 arms, 1 seed; alone on 2 CPU cores ddp took 147 s, async 153 s, the
+DiLoCo arms 4-10 min each when run beside other jobs; results and the picture:
+docs/results.md):
   python experiments/compare.py --config=configs/heterogeneous.py --workdir=runs/heterogeneous
 A tiny version for tests:
   --config=configs/heterogeneous.py:smoke --sweep=tiny
