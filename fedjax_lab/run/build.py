@@ -71,6 +71,13 @@ class Run(NamedTuple):
   # clock.policy='async': the `AsyncSimulator` the loop's rounds run on.
   async_sim: Any = None
 
+  @property
+  def counts_own_tokens(self) -> bool:
+    """Whether the loop counts tokens as the work happens (async arrivals'
+    own steps, clients' own epochs), not as rounds × tokens_per_round."""
+    return self.async_sim is not None or (
+        self.population is not None and bool(self.population.local_epochs))
+
 
 class Population(NamedTuple):
   """A run's federated population: N clients, M sampled per round.

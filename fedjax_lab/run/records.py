@@ -42,8 +42,7 @@ class LoopRecords:
   def _tokens(self, r: int) -> int:
     if r in self.tokens_at:  # Local epochs: each round's own work.
       return self.tokens_at[r]
-    if self.async_rounds is not None or (
-        self.population is not None and self.population.local_epochs):
+    if self.run.counts_own_tokens:
       return self.meta["tokens"]
     return r * self.run.tokens_per_round
 

@@ -67,10 +67,7 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   engine = run.engine
   h = run.inner_steps or config.inner.steps
   tokens = rounds_done * run.tokens_per_round
-  if run.async_sim is not None or (
-      run.population is not None and config.train.local_epochs):
-    # Counted as they happen: the arrivals' own steps (async, DyLU's unequal
-    # tasks included), or the clients' own epochs.
+  if run.counts_own_tokens:
     tokens = meta.get("tokens", 0)
   # Steps a sync policy skipped (DyLU, a deadline's shorter replicas).
   tokens -= meta.get("skipped_steps", 0) * (
