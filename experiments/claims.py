@@ -9,8 +9,8 @@ docs/claims.md: per claim its source, the published number, ours (mean ± std
 over seeds, and per seed), the budget in tokens per parameter and a verdict.
 Completed arms are reused when run again (--noreuse to rerun them).
 
-The cpu size runs 50 arms (two seeds; 8 at the 4× budget, ~75 s each, and
-42 at 1×, ~20 s each, the async arm's 44 rounds longer): an estimated 25
+The cpu size runs 56 arms (two seeds; 8 at the 4× budget, ~75 s each, and
+48 at 1×, ~20 s each, the async arm's 44 rounds longer): an estimated 27
 minutes on 2 CPU cores (from the main comparison's per-arm times; not yet
 timed as a whole).
 

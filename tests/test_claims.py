@@ -42,7 +42,7 @@ def smoke_run(data_dir, tmp_path_factory):  # noqa: F811
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   args = ["--size=smoke", "--seeds=1", f"--workdir={root / 'work'}"]
-  # One seed: 21 runs, ~2–3 min on 2 shared cores (2 seeds take about twice);
+  # One seed: 24 runs, ~2–3 min on 2 shared cores (2 seeds take about twice);
   # the judges' paired-seed arithmetic is tested by hand below, and this run
   # is about every claim getting a verdict end to end.
   proc = run_cli("claims.py", args + [f"--out={root / 'claims.md'}"],

@@ -9,7 +9,7 @@ test-split loss (`final_test['loss']`, nats per byte) of its arms or its
 
 Sources (see docs/algorithms.md for the rules in the project's words):
   DiLoCo, Douillard et al., arXiv 2311.08105: outer optimizer, H and
-    dropped-gradient ablations.
+    dropped-gradient ablations; Table 3 (non-i.i.d. data): `data_claims`.
   Scaling laws for DiLoCo, Charles et al., arXiv 2503.09799, Table 4.
   OpenDiLoCo, arXiv 2407.07852; INTELLECT-1, arXiv 2412.01152; Streaming
     DiLoCo, arXiv 2501.18512: quantized outer gradients.
@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import ml_collections
 
+from experiments.study import data_claims
 from experiments.study import frontier_claims
 from experiments.study import time_claims
 from experiments.study.verdicts import judge_budget
@@ -114,17 +115,16 @@ def _arm(setup: Setup, budget: str, key: str, seed: int, *, tag: str = "",
   return dict(a, group=name)  # The report's seed statistics group by it.
 
 
-def _m_arm(setup: Setup, m: int, seed: int) -> Dict[str, Any]:
-  """DiLoCo with M replicas at 4×, the global batch M·B kept."""
-  base = setup.configs["4x"]
-  global_batch = base.train.num_replicas * base.inner.batch_size
-  if m == 1:
-    return _arm(setup, "4x", "diloco_m1", seed, extra={
-        "train.num_replicas": 1, "inner.batch_size": global_batch})
-  if m == base.train.num_replicas:
-    return _arm(setup, "4x", "diloco", seed)
-  return _arm(setup, "4x", "diloco", seed, tag=f"_M{m}", extra={
-      "train.num_replicas": m, "inner.batch_size": global_batch // m})
+def _m_arm(setup: Setup, m: int, seed: int, budget: str = "4x", tag: str = "",
+           extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """DiLoCo with M replicas, the global batch M·B kept (tag, extra: _arm's)."""
+  base = setup.configs[budget]
+  if m == base.train.num_replicas and m != 1:  # M = 1: the m1 arm.
+    return _arm(setup, budget, "diloco", seed, tag=tag, extra=extra)
+  b = base.train.num_replicas * base.inner.batch_size // m  # M·B kept.
+  extra = {"train.num_replicas": m, "inner.batch_size": b, **(extra or {})}
+  return _arm(setup, budget, "diloco_m1" if m == 1 else "diloco", seed,
+              tag=tag if m == 1 else f"_M{m}{tag}", extra=extra)
 
 
 def _m1_arms(setup, seed):
@@ -226,7 +226,8 @@ CLAIMS = (
           "FedProx with μ→0 tends to FedAvg (μ=0 is FedAvg).",
           "FedProx, Li et al., arXiv 1812.06127 (its proximal term)",
           "μ=0 ≡ FedAvg", "1x", _fedprox_arms, judge_fedprox),
-) + tuple(Claim(**c) for c in time_claims.CLAIMS + frontier_claims.CLAIMS)
+) + tuple(Claim(**c) for c in time_claims.CLAIMS + data_claims.CLAIMS
+          + frontier_claims.CLAIMS)  # The frontier claims last (their test).
 CLAIM_IDS = tuple(c.id for c in CLAIMS)
 
 
@@ -258,8 +259,7 @@ def make_setup(base_config: ml_collections.ConfigDict, arm_fn: ArmFn,
   h_grid = tuple(sorted({c for c in candidates if c >= 1 and steps % c == 0}))
   m_grid = tuple(sorted({1, max(1, m // 2), m}))
   return Setup(base=base_config, configs={"1x": one, "4x": four},
-               arm=arm_fn, h_grid=h_grid,
-               m_grid=m_grid, mu_grid=mus)
+               arm=arm_fn, h_grid=h_grid, m_grid=m_grid, mu_grid=mus)
 
 
 def _arms_of(claim: Claim, setup: Setup, seeds: Sequence[int]):
