@@ -1,5 +1,8 @@
 """The simulated clock: how long each round would take on given devices and links.
 
+(Over 400 lines on purpose: one model of time: profiles, policies, the event
+simulation and the clock group's spec.)
+
 This machine runs the M replicas one after another; the clock says how long a
 round would take with each replica on its own device, joined by a network.
 It never touches the training itself (except through the sync policy's step
@@ -37,11 +40,13 @@ the next round, and a link still busy at the round's end, carry over
 outer gradient, a missed deadline) are not waited for.
 """
 
+import dataclasses
 import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fedjax_lab import spec
 from fedjax_lab.comm.collectives import Message
 from fedjax_lab.comm.links import NetworkProfile  # noqa: F401 (re-exported)
 
@@ -50,6 +55,79 @@ from fedjax_lab.comm.links import NetworkProfile  # noqa: F401 (re-exported)
 # whose own event loop keeps the time.
 POLICIES = ("wait_all", "dylu", "deadline", "async")
 DEADLINE_MODES = ("partial", "drop")
+
+
+def _server_rules():
+  from fedjax_lab.outer import async_rules  # pylint: disable=g-import-not-at-top
+  return sorted(async_rules.SERVER_RULES)
+
+
+_F = spec.field
+_POS = spec.in_range(0.0, lo_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockSpec:
+  """`config.clock` (docs/clock.md): how long the run would take with each
+  replica on its own device, joined by a network. Only the policy changes
+  training ('wait_all' with equal speeds trains exactly as no clock)."""
+  # 'wait_all' (a round waits for the slowest), 'dylu' (steps per replica ∝
+  # its speed), 'deadline' or 'async'.
+  policy: str = _F("wait_all", spec.one_of(POLICIES))
+  # Seconds of one inner step at speed 1 (the replica's own batch); 0 =
+  # training FLOPs per step / clock.device_flops.
+  step_seconds: float = _F(0.0, spec.NONNEG)
+  device_flops: float = _F(1e12, _POS)  # FLOP/s one replica's device sustains.
+  # Relative speed of each replica (M numbers > 0, 1 = the device above);
+  # () = all 1.
+  speeds: Tuple[float, ...] = _F((), spec.each(_POS))
+  # Also multiply each speed by exp(sigma * z), z ~ N(0, 1) seeded by
+  # train.seed; 0 = off.
+  lognormal_sigma: float = _F(0.0, spec.NONNEG)
+  # Each round each replica straggles with this probability (seeded by
+  # train.seed and the round).
+  straggler_prob: float = _F(0.0, spec.FRACTION)
+  # A straggler's steps take this many times longer.
+  straggler_factor: float = _F(4.0, spec.in_range(1.0))
+  bandwidth_gbps: float = _F(1.0, _POS)  # Each replica's link to the others, Gbit/s.
+  latency_s: float = _F(1e-3, spec.NONNEG)  # Latency of one hop, s (ring all-reduce: 2(M-1) hops).
+  # Per island: replica i's own link, Gbit/s (M numbers > 0), replacing
+  # bandwidth_gbps; () = all bandwidth_gbps. A ring or group is paced by its
+  # slowest link (min), an async arrival by its replica's.
+  bandwidths_gbps: Tuple[float, ...] = _F((), spec.each(_POS))
+  # Per island: replica i's latency per hop, s (M numbers >= 0), replacing
+  # latency_s; () = all latency_s. A ring or group pays its largest per hop,
+  # an async arrival its replica's.
+  latencies_s: Tuple[float, ...] = _F((), spec.each(spec.NONNEG))
+  # policy='deadline': D = this quantile of the replicas' round compute
+  # times, in (0, 1].
+  deadline_quantile: float = _F(0.75, spec.in_range(0.0, 1.0, lo_open=True))
+  # policy='deadline': D in seconds of compute instead (> 0); 0 = use the
+  # quantile.
+  deadline_seconds: float = _F(0.0, spec.NONNEG)
+  # policy='deadline': 'partial' (a late replica's finished steps count) or
+  # 'drop' (it is left out).
+  deadline_mode: str = _F("partial", spec.one_of(DEADLINE_MODES))
+  # policy='dylu': the fewest local steps a replica takes.
+  dylu_min_steps: int = _F(1, spec.POSITIVE)
+  # policy='async' (Asynchronous Local-SGD, arXiv 2401.09135): the server
+  # applies each replica's outer gradient when it arrives; a round is M
+  # arrivals. Its server rule: 'delayed_nesterov' (DN) or 'vanilla'
+  # (Nesterov SGD on Δ_i/√M).
+  async_rule: str = _F("delayed_nesterov", spec.one_of(_server_rules))
+  # policy='async': the rule's lr; 0 = its default (DN 0.7, vanilla 0.07).
+  async_learning_rate: float = _F(0.0, spec.NONNEG)
+  async_momentum: float = _F(0.9, spec.UNIT_OPEN)  # policy='async': the rule's Nesterov momentum.
+  # policy='async': DN's N, arrivals per momentum update; 0 = M (the paper's).
+  async_delay: int = _F(0, spec.NONNEG)
+  # policy='async': arrivals within this many of the fastest replica's step
+  # times after a burst's first one join the burst.
+  async_grace: float = _F(0.0, spec.NONNEG)
+  # policy='async': DyLU, replica i takes max(⌊H·t_fastest/t_i⌋,
+  # clock.dylu_min_steps) steps per task.
+  async_dylu: bool = _F(False)
+
+
 _STRAGGLER_TAG = 0xC10C  # Separates the clock's draws from the data's.
 _EPS = 1e-9  # Step counts from float ratios: 3.9999999 steps is 4.
 

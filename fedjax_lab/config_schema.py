@@ -1,275 +1,116 @@
-"""The run config's schema: its groups, fields, types and ranges.
+"""The run config read once into typed parts.
 
-`SCHEMA` lists every field of every group with its type and its check;
-`check_schema` turns an unknown or missing field, a wrong type, a value out of
-range or not finite into ONE `ConfigError` naming the field and what is
-allowed. `configs/default.py` is one value of the schema (with a comment on
-every field). Two groups are open: `outer.hparams` and `comm.hparams` hold a
-typed, unset (None) field for every hyperparameter any registry entry takes
-(`registry_hparams`, `add_unset_hparams`); `outer_hparams` and `comm_hparams`
-read back the ones that are set. The checks across fields (and which open
-hparams the chosen entry takes) are in `fedjax_lab.config_validation`.
+Each config group is a frozen dataclass that the component using it defines
+(`fedjax_lab.spec`): `model` is the task kind's own (models/tasks.py: LMSpec,
+ClassifierSpec), `data` data/data_spec.DataSpec, `inner` inner_opt.InnerSpec,
+`engine` and `mesh` layout.EngineSpec and MeshSpec, `clock`
+clock.ClockSpec, `train` `TrainSpec` below (the run loop's own). `outer` and
+`comm` name a registry entry; their hyperparameters are that entry's
+factory's signature: the `hparams` groups hold a typed, unset (None) field
+for every hyperparameter any entry takes (`add_unset_hparams`), and those
+that are set must be the chosen entry's.
+
+`read(config)` reads every group and builds the outer algorithm and the
+compressor, once: a run passes the `Parts` down instead of the ConfigDict.
+Every mistake is ONE `ConfigError` naming the `--config.` field. The checks
+across groups are in `fedjax_lab.config_validation`.
 """
 
+import dataclasses
 import inspect
 import math
-import numbers
+import re
 import typing
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple
 
 import ml_collections
 from ml_collections import config_dict
 
 from fedjax_lab import clock as clock_lib
+from fedjax_lab import layout
 from fedjax_lab import outer as outer_lib
+from fedjax_lab import spec
 from fedjax_lab.comm import compress as compress_lib
+from fedjax_lab.data.data_spec import DataSpec
+from fedjax_lab.data.population import SAMPLING_KINDS
+from fedjax_lab.inner_opt import InnerSpec
 from fedjax_lab.models import tasks as tasks_lib
-from fedjax_lab.outer import async_rules
+from fedjax_lab.spec import ConfigError  # noqa: F401 (re-exported)
+from fedjax_lab.spec import field
+from fedjax_lab.spec import show  # noqa: F401 (re-exported)
 
 
-class ConfigError(ValueError):
-  """A user mistake in the config: the message names the field."""
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """`config.train`: the training loop (fedjax_lab.run)."""
+  num_replicas: int = field(4, spec.POSITIVE)  # M: replicas (workers, clients).
+  rounds: int = field(40, spec.POSITIVE)  # Token budget: rounds × M × H × B × seq_len.
+  # Evaluate every this many rounds (and at the end); 0 = end only.
+  eval_every: int = field(4, spec.NONNEG)
+  # Checkpoint every this many rounds (and at the end); 0 = never.
+  checkpoint_every: int = field(10, spec.NONNEG)
+  keep: int = field(3, spec.POSITIVE)  # Checkpoints kept (the latest ones).
+  # Fetch metrics from the device and log every this many rounds.
+  log_every: int = field(4, spec.POSITIVE)
+  seed: int = field(0, spec.SEED)  # Seed of data order, partition and per-step rngs.
+  # A diverged replica: 'drop' (count, warn) or 'stop' (error).
+  nonfinite_policy: str = field("drop", spec.one_of(("drop", "stop")))
+  # This many rounds in a row with no replica left (all non-finite) end the
+  # run as 'diverged'; 0 = never.
+  max_empty_rounds: int = field(3, spec.NONNEG)
+  tensorboard: bool = field(True)  # Write TensorBoard event files to the workdir.
+  # A federated population (README, "Federated populations"): M =
+  # num_replicas of N clients sampled into the replica slots each round.
+  # N: clients in the population; 0 = none (M fixed replica shards).
+  num_clients: int = field(0, spec.NONNEG)
+  # Clients sampled per round; 0 = train.num_replicas (else must equal it).
+  clients_per_round: int = field(0, spec.NONNEG)
+  # Which clients per round: 'uniform' or 'weighted' (by client size).
+  sampling: str = field("uniform", spec.one_of(SAMPLING_KINDS))
+  # E: local epochs per sampled client (ceil(n_i/B)·E steps); 0 = inner.steps.
+  local_epochs: int = field(0, spec.NONNEG)
+  # With local_epochs: cap on a client's local steps; 0 = no cap.
+  max_local_steps: int = field(0, spec.NONNEG)
+  # Comparison reports: rounds to the first eval with loss <= this; 0 = none.
+  target_eval_loss: float = field(0.0, spec.NONNEG)
+  # Each round, drop each replica's outer gradient with this probability (a
+  # lossy network, DiLoCo's ablation); the replica restarts from the new
+  # global model.
+  outer_drop_prob: float = field(0.0, spec.UNIT_OPEN)
 
 
-NONFINITE_POLICIES = ("drop", "stop")
-CLASSIFIERS = ("mlp", "cnn")
-DTYPES = ("float32", "bfloat16", "float16")
-DECAYS = ("cosine", "linear", "constant")
-PARTITIONS = ("iid", "by_source", "by_content", "dirichlet")
-# data.partition values that make a population's clients (train.num_clients > 0).
-CLIENT_PARTITIONS = ("by_file", "by_group", "dirichlet", "iid")
-SAMPLING_KINDS = ("uniform", "weighted")
-STDLIB_SUBSETS = ("full", "no_tests", "small")
-REPLICA_MODES = ("auto", "vmap", "sequential")
-INNER_OPTIMIZERS = ("adamw", "sgd", "muon")
-UINT32_MAX = 2**32 - 1
+# The closed groups and their specs ('model' is read by its kind's spec).
+GROUPS = {"data": DataSpec, "inner": InnerSpec, "train": TrainSpec,
+          "engine": layout.EngineSpec, "clock": clock_lib.ClockSpec,
+          "mesh": layout.MeshSpec}
+ORDER = ("model", "data", "inner", "outer", "comm", "train", "engine",
+         "clock", "mesh")  # configs/default.py's order.
 
 
-def show(value, limit: int = 80) -> str:
-  """repr(value), cut to `limit` characters (a message stays one short line)."""
-  text = repr(value)
-  if len(text) > limit:
-    text = f"{text[:limit]}... ({len(text)} characters)"
-  return text
+class Choice(NamedTuple):
+  """An open group: the registry entry's name and the hparams that are set."""
+  name: str
+  hparams: Dict[str, Any]
 
 
-# A field spec: (kind, check). kind is 'int', 'float', 'str', 'bool', 'ints'
-# (a tuple of ints), 'floats' (a tuple of numbers) or 'open'; check(value)
-# returns an error text or None.
-def _range(lo=None, hi=None, *, lo_open=False, hi_open=False):
-  def check(v):
-    if isinstance(v, float) and not math.isfinite(v):
-      return "must be a finite number"
-    if lo is not None and (v <= lo if lo_open else v < lo):
-      return f"must be {'>' if lo_open else '>='} {lo}"
-    if hi is not None and (v >= hi if hi_open else v > hi):
-      return f"must be {'<' if hi_open else '<='} {hi}"
-    return None
-  return check
+class Parts(NamedTuple):
+  """The run config, read once: one typed part per group, plus what the
+  `outer` and `comm` groups build (the algorithm and the compressor)."""
+  model: tasks_lib.ModelSpec
+  data: DataSpec
+  inner: InnerSpec
+  outer: Choice
+  comm: Choice
+  train: TrainSpec
+  engine: layout.EngineSpec
+  clock: clock_lib.ClockSpec
+  mesh: layout.MeshSpec
+  algorithm: Any  # outer.base.OuterAlgorithm
+  compressor: Any  # comm.compress.Compressor
 
-
-def _one_of(options):
-  def check(v):
-    return None if v in options else f"must be one of {list(options)}"
-  return check
-
-
-def _any(v):
-  del v
-  return None
-
-
-def _all_positive(values):
-  for v in values:
-    if not math.isfinite(v) or v <= 0:
-      return f"every entry must be a finite number > 0 (got {v!r})"
-  return None
-
-
-def _all_nonnegative(values):
-  for v in values:
-    if not math.isfinite(v) or v < 0:
-      return f"every entry must be a finite number >= 0 (got {v!r})"
-  return None
-
-
-POSITIVE = _range(1)
-NONNEG = _range(0)
-SEED = _range(0, UINT32_MAX)
-
-SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[Any], Optional[str]]]]] = {
-    "model": {
-        "kind": ("str", _one_of(tasks_lib.KINDS.names())),
-        "d_model": ("int", POSITIVE),
-        "num_layers": ("int", POSITIVE),
-        "num_heads": ("int", POSITIVE),
-        "mlp_ratio": ("int", POSITIVE),
-        "seq_len": ("int", POSITIVE),
-        "dtype": ("str", _one_of(DTYPES)),
-        "dropout": ("float", _range(0.0, 1.0, hi_open=True)),
-        "remat": ("bool", _any),
-        "classifier": ("str", _one_of(CLASSIFIERS)),
-        "hidden": ("ints", _any),
-        "init_seed": ("int", SEED),
-    },
-    "data": {
-        "dataset": ("str", _any),
-        "subset": ("str", _one_of(STDLIB_SUBSETS)),
-        "data_dir": ("str", _any),
-        "partition": ("str", _one_of(
-            PARTITIONS + tuple(p for p in CLIENT_PARTITIONS
-                               if p not in PARTITIONS))),
-        "alpha": ("float", _range(0.0, lo_open=True)),
-        "eval_batch_size": ("int", POSITIVE),
-        "eval_batches": ("int", NONNEG),
-        "final_eval_batches": ("int", NONNEG),
-        "eval_split": ("str", _any),
-        "test_split": ("str", _any),
-        "max_examples": ("int", NONNEG),
-        "prefetch": ("int", NONNEG),
-    },
-    "inner": {
-        "optimizer": ("str", _one_of(INNER_OPTIMIZERS)),
-        "steps": ("int", POSITIVE),
-        "batch_size": ("int", POSITIVE),
-        "learning_rate": ("float", _range(0.0, lo_open=True)),
-        "warmup_steps": ("int", NONNEG),
-        "decay": ("str", _one_of(DECAYS)),
-        "final_lr_fraction": ("float", _range(0.0, 1.0)),
-        "schedule_steps": ("int", NONNEG),
-        "b1": ("float", _range(0.0, 1.0, hi_open=True)),
-        "b2": ("float", _range(0.0, 1.0, hi_open=True)),
-        "eps": ("float", _range(0.0, lo_open=True)),
-        "weight_decay": ("float", NONNEG),
-        "grad_clip": ("float", NONNEG),
-        "momentum": ("float", _range(0.0, 1.0, hi_open=True)),
-    },
-    "outer": {
-        "name": ("str", _one_of(outer_lib.names())),
-        "hparams": ("open", _any),
-    },
-    "comm": {
-        "compressor": ("str", _one_of(compress_lib.names())),
-        "hparams": ("open", _any),
-    },
-    "engine": {
-        "replica_mode": ("str", _one_of(REPLICA_MODES)),
-        "num_fragments": ("int", POSITIVE),
-        "overlap_steps": ("int", NONNEG),
-        "merge_alpha": ("float", _range(0.0, 1.0)),
-    },
-    "train": {
-        "num_replicas": ("int", POSITIVE),
-        "rounds": ("int", POSITIVE),
-        "eval_every": ("int", NONNEG),
-        "checkpoint_every": ("int", NONNEG),
-        "keep": ("int", POSITIVE),
-        "log_every": ("int", POSITIVE),
-        "seed": ("int", SEED),
-        "nonfinite_policy": ("str", _one_of(NONFINITE_POLICIES)),
-        "max_empty_rounds": ("int", NONNEG),
-        "tensorboard": ("bool", _any),
-        "num_clients": ("int", NONNEG),
-        "clients_per_round": ("int", NONNEG),
-        "sampling": ("str", _one_of(SAMPLING_KINDS)),
-        "local_epochs": ("int", NONNEG),
-        "max_local_steps": ("int", NONNEG),
-        "target_eval_loss": ("float", NONNEG),
-        "outer_drop_prob": ("float", _range(0.0, 1.0, hi_open=True)),
-    },
-    "clock": {
-        "policy": ("str", _one_of(clock_lib.POLICIES)),
-        "step_seconds": ("float", NONNEG),
-        "device_flops": ("float", _range(0.0, lo_open=True)),
-        "speeds": ("floats", _all_positive),
-        "lognormal_sigma": ("float", NONNEG),
-        "straggler_prob": ("float", _range(0.0, 1.0)),
-        "straggler_factor": ("float", _range(1.0)),
-        "bandwidth_gbps": ("float", _range(0.0, lo_open=True)),
-        "latency_s": ("float", NONNEG),
-        "bandwidths_gbps": ("floats", _all_positive),
-        "latencies_s": ("floats", _all_nonnegative),
-        "deadline_quantile": ("float", _range(0.0, 1.0, lo_open=True)),
-        "deadline_seconds": ("float", NONNEG),
-        "deadline_mode": ("str", _one_of(clock_lib.DEADLINE_MODES)),
-        "dylu_min_steps": ("int", POSITIVE),
-        "async_rule": ("str", _one_of(sorted(async_rules.SERVER_RULES))),
-        "async_learning_rate": ("float", NONNEG),
-        "async_momentum": ("float", _range(0.0, 1.0, hi_open=True)),
-        "async_delay": ("int", NONNEG),
-        "async_grace": ("float", NONNEG),
-        "async_dylu": ("bool", _any),
-    },
-    "mesh": {
-        "num_devices": ("int", _range(-1)),
-        "model_devices": ("int", _range(1)),
-        "min_shard_size": ("int", POSITIVE),
-    },
-}
-
-_KIND_TEXT = {"int": "an integer", "float": "a number", "str": "a string",
-              "bool": "True or False", "ints": "a tuple of integers",
-              "floats": "a tuple of numbers",
-              "open": "a ConfigDict of hyperparameters"}
-
-
-def _type_ok(kind: str, value) -> bool:
-  if kind == "int":
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-  if kind == "float":
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-  if kind == "str":
-    return isinstance(value, str)
-  if kind == "bool":
-    return isinstance(value, bool)
-  if kind == "ints":
-    return isinstance(value, (tuple, list)) and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool)
-        for v in value)
-  if kind == "floats":
-    return isinstance(value, (tuple, list)) and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
-  if kind == "open":
-    return isinstance(value, (ml_collections.ConfigDict, dict))
-  raise AssertionError(kind)
-
-
-def _as_dict(group) -> Dict[str, Any]:
-  if isinstance(group, ml_collections.ConfigDict):
-    return {k: group[k] for k in group.keys()}
-  return dict(group)
-
-
-def check_schema(config: ml_collections.ConfigDict) -> None:
-  """Unknown or missing fields and wrong types, ranges or non-finite values.
-
-  Raises:
-    ConfigError: naming the first bad field and what is allowed there.
-  """
-  for group in _as_dict(config):
-    if group not in SCHEMA:
-      raise ConfigError(f"{group}: unknown config group; known groups: "
-                        f"{', '.join(SCHEMA)}")
-  for path, fields in SCHEMA.items():
-    if path not in config:
-      raise ConfigError(f"{path}: missing config group (start from "
-                        "configs/default.py)")
-    values = _as_dict(config[path])
-    for name in values:
-      if name not in fields:
-        raise ConfigError(f"{path}.{name}: unknown field; known fields of "
-                          f"{path}: {', '.join(sorted(fields))}")
-    for name, (kind, check) in fields.items():
-      if name not in values:
-        raise ConfigError(f"{path}.{name}: missing field (start from "
-                          "configs/default.py)")
-      value = values[name]
-      if not _type_ok(kind, value):
-        raise ConfigError(f"{path}.{name}: must be {_KIND_TEXT[kind]}, got "
-                          f"{show(value)} ({type(value).__name__})")
-      problem = check(value)
-      if problem:
-        raise ConfigError(f"{path}.{name}: {problem}, got {show(value)}")
+  @property
+  def task_kind(self) -> tasks_lib.TaskKind:
+    return tasks_lib.kind(self.model.kind)
 
 
 # ----------------------------------------------------------------------------
@@ -290,20 +131,24 @@ def _scalar_type(parameter: inspect.Parameter):
   return None
 
 
+def _registry(group: str):
+  return outer_lib.REGISTRY if group == "outer" else compress_lib.REGISTRY
+
+
 def registry_hparams(group: str) -> Dict[str, type]:
   """{hparam: type} over every entry of the 'outer' or 'comm' registry."""
-  registry = outer_lib.REGISTRY if group == "outer" else compress_lib.REGISTRY
+  registry = _registry(group)
   out = {}
   for params in map(registry.parameters, registry.names()):
-    for field, p in params.items():
+    for name, p in params.items():
       kind = _scalar_type(p)
       if kind is None:
         continue
-      previous = out.get(field)
+      previous = out.get(name)
       if previous is None:
-        out[field] = kind
+        out[name] = kind
       elif {previous, kind} == {int, float}:
-        out[field] = float  # An int is a valid float, not the reverse.
+        out[name] = float  # An int is a valid float, not the reverse.
   return out
 
 
@@ -313,25 +158,144 @@ def add_unset_hparams(hparams: ml_collections.ConfigDict, group: str) -> None:
   So that `--config.outer.hparams.<any>=v` and `--config.comm.hparams.ef=True`
   work on a locked config whatever the algorithm or compressor.
   """
-  for field, kind in sorted(registry_hparams(group).items()):
-    if field not in hparams:
-      hparams[field] = config_dict.placeholder(kind)
+  for name, kind in sorted(registry_hparams(group).items()):
+    if name not in hparams:
+      hparams[name] = config_dict.placeholder(kind)
 
 
-def _plain(group) -> Dict[str, Any]:
-  out = {}
-  for k, v in _as_dict(group).items():
-    out[k] = _plain(v) if isinstance(v, (ml_collections.ConfigDict, dict)) else v
-  return out
+def _set(group) -> Dict[str, Any]:
+  return {k: v for k, v in spec.plain(group).items() if v is not None}
 
 
 def outer_hparams(config) -> Dict[str, Any]:
   """The outer hyperparameters that are set (None = the algorithm's default)."""
-  return {k: v for k, v in _plain(config.outer.hparams).items()
-          if v is not None}
+  return _set(config.outer.hparams)
 
 
 def comm_hparams(config) -> Dict[str, Any]:
   """The compressor hyperparameters that are set (None = its default)."""
-  return {k: v for k, v in _plain(config.comm.hparams).items()
-          if v is not None}
+  return _set(config.comm.hparams)
+
+
+def _refusal(prefix: str, allowed, error: Exception) -> str:
+  """A factory's refusal, under the name of the hparam it is about."""
+  text = " ".join(str(error).split())
+  words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+  named = [k for k in allowed if k in words]
+  name = f"{prefix}.{named[0]}" if len(named) == 1 else prefix
+  return f"{name}: {text}"
+
+
+def _choice(config, group: str, entry_field: str):
+  """(Choice, built entry) of open group `group` ('outer' or 'comm')."""
+  registry = _registry(group)
+  known = (entry_field, "hparams")
+  for name in config[group].keys():
+    if name not in known:
+      raise ConfigError(f"{group}.{name}: unknown field; known fields of "
+                        f"{group}: {', '.join(known)}")
+  for name in known:
+    if name not in config[group]:
+      raise ConfigError(f"{group}.{name}: missing field (start from "
+                        "configs/default.py)")
+  entry = config[group][entry_field]
+  if not isinstance(entry, str):
+    raise ConfigError(f"{group}.{entry_field}: must be a string, got "
+                      f"{show(entry)} ({type(entry).__name__})")
+  if entry not in registry:
+    raise ConfigError(f"{group}.{entry_field}: must be one of "
+                      f"{registry.names()}, got {show(entry)}")
+  hparams = config[group].hparams
+  if not isinstance(hparams, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"{group}.hparams: must be a ConfigDict of "
+                      f"hyperparameters, got {show(hparams)}")
+  hp = _set(hparams)
+  allowed = registry.hparams(entry)
+  prefix = f"{group}.hparams"
+  for name, value in hp.items():
+    if name not in allowed:
+      raise ConfigError(
+          f"{prefix}.{name}: not a hyperparameter of {registry.what} "
+          f"{entry!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{prefix}.{name}: must be a finite number, got "
+                        f"{show(value)}")
+  return Choice(entry, hp), allowed
+
+
+def _build(registry, choice: Choice, allowed, prefix: str, **more):
+  try:
+    return registry.get(choice.name, **choice.hparams, **more)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(_refusal(prefix, allowed, e)) from None
+
+
+# ----------------------------------------------------------------------------
+# Reading the whole config.
+
+
+def read(config: ml_collections.ConfigDict) -> Parts:
+  """Every group of `config` read into its part; algorithm and compressor built.
+
+  Raises:
+    ConfigError: the first bad group or field, naming it.
+  """
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config must be an ml_collections.ConfigDict, got "
+                      f"{type(config).__name__}")
+  for group in config.keys():
+    if group not in ORDER:
+      raise ConfigError(f"{group}: unknown config group; known groups: "
+                        f"{', '.join(ORDER)}")
+  for group in ORDER:
+    if group not in config:
+      raise ConfigError(f"{group}: missing config group (start from "
+                        "configs/default.py)")
+  parts = {g: spec.read(cls, config[g], g) for g, cls in GROUPS.items()}
+  parts["model"] = tasks_lib.read_model(config.model)
+  parts["outer"], outer_allowed = _choice(config, "outer", "name")
+  parts["comm"], comm_allowed = _choice(config, "comm", "compressor")
+  _check_inner_for_outer(parts["outer"], parts["inner"])
+  more = {}
+  n = parts["train"].num_clients
+  if n and "num_clients" in outer_allowed:
+    # SCAFFOLD's c moves by |S|/N with N the population, not the M slots.
+    if parts["outer"].hparams.get("num_clients") not in (None, n):
+      raise ConfigError(f"outer.hparams.num_clients: must be train."
+                        f"num_clients={n} (or unset), got "
+                        f"{parts['outer'].hparams['num_clients']}")
+    more["num_clients"] = n
+  algorithm = _build(outer_lib.REGISTRY, parts["outer"], outer_allowed,
+                     "outer.hparams", **{k: v for k, v in more.items()
+                                         if k not in parts["outer"].hparams})
+  compressor = _build(compress_lib.REGISTRY, parts["comm"], comm_allowed,
+                      "comm.hparams")
+  return Parts(algorithm=algorithm, compressor=compressor, **parts)
+
+
+def _check_inner_for_outer(outer: Choice, inner: InnerSpec) -> None:
+  """The outer algorithm's own demands on the inner optimizer, if it has any.
+
+  An algorithm that needs them exports `check_<name>_inner` from
+  fedjax_lab.outer (e.g. SCAFFOLD's option II needs plain constant-lr SGD);
+  it receives the `inner.*` fields and set outer hparams its signature names.
+  """
+  checker = getattr(outer_lib, f"check_{outer.name}_inner", None)
+  if checker is None:
+    return
+  values = {**dataclasses.asdict(inner), **outer.hparams}
+  wanted = inspect.signature(checker).parameters
+  try:
+    checker(**{k: values[k] for k in wanted if k in values})
+  except ValueError as e:
+    raise ConfigError(" ".join(str(e).split())) from None
+
+
+def default_groups() -> Dict[str, ml_collections.ConfigDict]:
+  """Every closed group at its spec's defaults (configs/default.py's start)."""
+  out = {g: spec.defaults(cls) for g, cls in GROUPS.items()}
+  out["model"] = spec.defaults(*(tasks_lib.KINDS[k].spec
+                                 for k in tasks_lib.KINDS.names()))
+  out["model"].kind = "lm"
+  return out
+

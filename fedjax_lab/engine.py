@@ -118,6 +118,7 @@ class Engine:
                fragments: Optional[fragments_lib.FragmentSchedule] = None,
                model_axis: Optional[str] = None, param_specs: Any = None,
                min_shard_size: int = DEFAULT_MIN_SHARD_SIZE):
+    # Over 80 lines on purpose: the engine's one validation of its arguments, each a named error.
     """Builds the engine.
 
     Args:

@@ -6,6 +6,7 @@ over it FSDP-style (`Layout.model_spec`), and so are the global model and the
 outer state. Reductions over replicas run on the replica axis only.
 """
 
+import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -13,11 +14,43 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from fedjax_lab import spec as fields
+from fedjax_lab.local_steps import REPLICA_MODES
+
 DEFAULT_AXIS = "replicas"
 MODEL_AXIS = "model"
 # Leaves with fewer elements stay replicated over the model axis (splitting
 # them saves little memory and costs a collective).
 DEFAULT_MIN_SHARD_SIZE = 2**14
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """`config.mesh`: the devices the replicas are sharded over."""
+  # Shard replicas over this many devices: 0 = none (vmap), -1 = all.
+  num_devices: int = fields.field(-1, fields.in_range(-1))
+  # State leaves with fewer elements stay whole on the model axis.
+  min_shard_size: int = fields.field(DEFAULT_MIN_SHARD_SIZE, fields.POSITIVE)
+  # Devices each replica's model is split over (FSDP-style, a 2-D replica x
+  # model mesh); must divide the mesh's devices.
+  model_devices: int = fields.field(1, fields.POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+  """`config.engine`: how the engine runs replicas (fedjax_lab.engine.Engine).
+
+  Streaming DiLoCo (arXiv 2501.18512): the params split into P fragments,
+  fragment p synced after step (p+1)·H/P of every round, its outer result
+  landing τ steps late and merged θ_i ← α·θ_i + (1 − α)·θ; P = 1, τ = 0,
+  α = 0 is the plain round.
+  """
+  num_fragments: int = fields.field(1, fields.POSITIVE)  # P, dividing inner.steps.
+  overlap_steps: int = fields.field(0, fields.NONNEG)  # τ in [0, H).
+  merge_alpha: float = fields.field(0.0, fields.FRACTION)  # α in [0, 1].
+  # Replicas on one device: 'vmap' (together), 'sequential' (one at a time,
+  # less memory) or 'auto'.
+  replica_mode: str = fields.field("auto", fields.one_of(REPLICA_MODES))
 
 
 def replica_mesh(num_devices: Optional[int] = None, *,

@@ -19,6 +19,7 @@ from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
 from configs import smoke
 import fedjax_lab
 from fedjax_lab import clock as clock_lib
+from fedjax_lab import config_schema
 from fedjax_lab import outer
 from fedjax_lab import run as run_lib
 from fedjax_lab.comm.collectives import Message
@@ -179,7 +180,8 @@ def _async_sim(network, grace=0.0):
       "clock.async_grace": grace})
   engine = engine_of(outer.get("diloco"))
   clock = clock_of(outer.get("diloco"), network, step=[0.1] * 3)
-  return async_rounds.build_simulator(config, engine, clock, PARAMS)
+  return async_rounds.build_simulator(config_schema.read(config), engine,
+                                     clock, PARAMS)
 
 
 def _batches(launch):

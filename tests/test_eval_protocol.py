@@ -1,4 +1,4 @@
-"""The evaluation protocol of issue 13: three disjoint splits, fixed
+"""The evaluation protocol: three disjoint splits, fixed
 stratified samples for curves, whole splits for final numbers (batch means
 weighted by size), and outer gradients dropped by a seeded mask."""
 
@@ -13,6 +13,7 @@ from configs import smoke
 from fedjax_lab import data
 from fedjax_lab import run as run_lib
 from fedjax_lab.data import stdlib_corpus
+from fedjax_lab.data.data_spec import DataSpec
 from fedjax_lab.metrics import read_rows
 from fedjax_lab.run import loop as loop_lib
 from fedjax_lab.run.evaluate import Evaluator
@@ -80,10 +81,10 @@ def test_evaluator_weights_batches_by_size():
     per_example = params * jnp.asarray(batch["x"]) ** 1.5
     return None, {"loss": per_example.mean()}
 
-  cfg = types.SimpleNamespace(data=types.SimpleNamespace(
-      eval_batch_size=64, eval_batches=1, get=lambda k, d=None: 0))
+  parts = types.SimpleNamespace(data=DataSpec(
+      eval_batch_size=64, eval_batches=1, final_eval_batches=0))
   run = types.SimpleNamespace(
-      config=cfg, engine=types.SimpleNamespace(eval_params=lambda s: s),
+      parts=parts, engine=types.SimpleNamespace(eval_params=lambda s: s),
       eval_src=_Grouped(np.zeros(150, int)),
       test_src=_Grouped(np.repeat([0, 1], [75, 75])),
       task=types.SimpleNamespace(loss_fn=loss_fn, derived=None))

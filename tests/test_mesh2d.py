@@ -208,6 +208,7 @@ def test_bad_model_devices_names_the_field(tmp_path, data_dir, overrides,
 
 def test_compiled_round_that_does_not_fit_names_a_field(data_dir):
   """The compiled-program check (run on accelerators) with a tiny limit."""
+  from fedjax_lab import config_schema  # pylint: disable=g-import-not-at-top
   from fedjax_lab.config_validation import ConfigError  # pylint: disable=g-import-not-at-top
   from fedjax_lab.run import build  # pylint: disable=g-import-not-at-top
   config = _smoke(data_dir, **{"engine.replica_mode": "vmap"})
@@ -215,13 +216,14 @@ def test_compiled_round_that_does_not_fit_names_a_field(data_dir):
   params = t.init(jax.random.PRNGKey(0))
   engine = make_engine("diloco", None, t, replica_mode="vmap")
   example = {"tokens": np.zeros([B, L + 1], np.int32)}
-  need = build.check_compiled_memory(config, engine, params, example, M, H,
+  parts = config_schema.read(config)
+  need = build.check_compiled_memory(parts, engine, params, example, M, H,
                                      limit=2**40)
   assert need > 0
   with pytest.raises(ConfigError, match="engine.replica_mode"):
-    build.check_compiled_memory(config, engine, params, example, M, H,
+    build.check_compiled_memory(parts, engine, params, example, M, H,
                                 limit=need / 2)
   config.engine.replica_mode = "sequential"
   seq = make_engine("diloco", None, t, replica_mode="sequential")
   with pytest.raises(ConfigError, match="model.remat"):
-    build.check_compiled_memory(config, seq, params, example, M, H, limit=1)
+    build.check_compiled_memory(config_schema.read(config), seq, params, example, M, H, limit=1)

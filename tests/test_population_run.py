@@ -1,4 +1,4 @@
-"""Federated populations in the run layer (issue 14): N clients, M slots.
+"""Federated populations in the run layer: N clients, M slots.
 
 train_and_evaluate with train.num_clients > 0: N = M with every client every
 round is today's run bit for bit; a sampled run completes with the right
@@ -18,6 +18,7 @@ import pytest
 from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
 from configs import scaffold as scaffold_config
 from configs import smoke
+from fedjax_lab import config_schema
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
 from fedjax_lab import run as run_lib
@@ -76,7 +77,7 @@ def test_every_client_every_round_is_todays_run_bit_for_bit(
     tmp_path, data_dir, algorithm):
   base = _config(data_dir, algorithm, **{"data.partition": "iid"})
   # The premise: the iid client partition of N = M is the replicas' one.
-  src = build_lib.load_sources(base)[0]
+  src = build_lib.load_sources(config_schema.read(base))[0]
   m = base.train.num_replicas
   for a, b in zip(data_lib.partition(src, m, method="iid", seed=0),
                   data_lib.client_partition(src, m, "iid", seed=0)):
@@ -237,9 +238,10 @@ def test_memory_check_counts_the_client_store():
   config = run_lib.apply_overrides(smoke.get_config(), {
       "train.num_clients": 10**6, "data.partition": "iid",
       "outer.name": "fedavg"})
-  build_lib.check_memory(config, 16576, limit=1e9)  # Fits without a store.
+  parts = config_schema.read(config)
+  build_lib.check_memory(parts, 16576, limit=1e9)  # Fits without a store.
   with pytest.raises(ConfigError, match=r"^train\.num_clients: .*client state"):
-    build_lib.check_memory(config, 16576, limit=1e9,
+    build_lib.check_memory(parts, 16576, limit=1e9,
                            client_state_bytes=10**6 * 4 * 16576)
 
 

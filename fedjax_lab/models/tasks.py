@@ -8,10 +8,11 @@ with params a plain pytree of float32 arrays (flax.linen's
 `KINDS` is the task registry the runner reads (a `fedjax_lab.registry.Registry`
 of `TaskKind` values, `config.model.kind` → how to load its data, check its
 model fields, build its Task and size its activations): a new kind of task is
-one entry here (and its model fields in configs/default.py), not branches in
-the runner.
+one entry here with its model fields (its `spec`, a frozen dataclass the
+`model` config group is read into), not branches in the runner.
 """
 
+import dataclasses
 import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_lab import spec
 from fedjax_lab.models import classifiers
 from fedjax_lab.models import transformer
 from fedjax_lab.registry import Registry
+from fedjax_lab.spec import field
 from fedjax_lab.typing import Batch
 from fedjax_lab.typing import Params
 from fedjax_lab.typing import PRNGKey
@@ -185,6 +188,72 @@ def classifier_task(*, model: str = "mlp", num_classes: int,
 
 
 # ----------------------------------------------------------------------------
+# The model fields of each kind: `config.model`, read into the kind's spec.
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The fields every kind of model has."""
+  kind: str = field("lm", spec.one_of(lambda: KINDS.names()))  # The task kind (KINDS).
+  dtype: str = field("float32", spec.one_of(DTYPES))  # Compute dtype.
+  init_seed: int = field(0, spec.SEED)  # Seed of the initial parameters (all arms share it).
+
+
+@dataclasses.dataclass(frozen=True)
+class LMSpec(ModelSpec):
+  """model.kind='lm': a byte-level transformer (models/transformer.py)."""
+  d_model: int = field(64, spec.POSITIVE)  # Width.
+  num_layers: int = field(2, spec.POSITIVE)  # Transformer blocks.
+  num_heads: int = field(4, spec.POSITIVE)  # Attention heads; d_model / num_heads even (RoPE).
+  mlp_ratio: int = field(4, spec.POSITIVE)  # MLP hidden width / d_model.
+  seq_len: int = field(64, spec.POSITIVE)  # Bytes per input sequence.
+  dropout: float = field(0.0, spec.UNIT_OPEN)  # Dropout rate.
+  # Rematerialise each block in the backward pass: one block's activations
+  # in memory, ~1/3 more compute.
+  remat: bool = field(False)
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise spec.ConfigError(
+          f"model.d_model: {self.d_model} is not divisible by "
+          f"model.num_heads={self.num_heads}")
+    if (self.d_model // self.num_heads) % 2:
+      raise spec.ConfigError(
+          f"model.num_heads: head size d_model / num_heads must be even "
+          f"(RoPE), got {self.d_model} / {self.num_heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec(ModelSpec):
+  """model.kind='classification': an image classifier (models/classifiers.py)."""
+  classifier: str = field("mlp", spec.one_of(("mlp", "cnn")))  # 'mlp' or 'cnn'.
+  hidden: Tuple[int, ...] = field((), spec.each(spec.POSITIVE))  # Widths; () = the FedAvg paper's.
+
+
+def read_model(group) -> ModelSpec:
+  """The `model` group read into its kind's spec.
+
+  The group holds every kind's fields (configs/default.py); a field that
+  is not the chosen kind's must keep its default (a value set there would be
+  silently unused).
+  """
+  kind_name = spec.check_value(ModelSpec, "kind", group["kind"], "model")
+  own = KINDS[kind_name].spec
+  others = {f.name: f.default for k in KINDS.names()
+            for f in dataclasses.fields(KINDS[k].spec)}
+  values = spec.plain(group)
+  for name in sorted(set(values) & set(others) - set(spec.names(own))):
+    if values[name] != others[name]:
+      raise spec.ConfigError(
+          f"model.{name}: not a field of model.kind={kind_name!r} (its "
+          f"fields: {', '.join(spec.names(own))}); leave it at "
+          f"{spec.show(others[name])}")
+  return spec.read(own, group, "model", ignore=tuple(others))
+
+
+# ----------------------------------------------------------------------------
 # The task registry: config.model.kind -> data, checks, Task.
 
 
@@ -195,8 +264,8 @@ class TaskKind(NamedTuple):
     sources: (data config, model config) -> (train, eval, test) sources:
       eval = data.eval_split (tuning), test = data.test_split (reported
       numbers; None when the dataset has no split apart from eval).
-    check: model config -> None, or (field under 'model.', problem) for a
-      cross-field mistake found before any data is read.
+    spec: the kind's model fields (a frozen dataclass, `read_model`),
+      checked where they are defined.
     build: (model config, train source) -> Task.
     activation_bytes: (model config, examples) -> a rough upper bound of the
       bytes one replica's forward + backward keeps alive (memory estimate).
@@ -206,7 +275,7 @@ class TaskKind(NamedTuple):
       or None when the model has none left.
   """
   sources: Callable[[Any, Any], Tuple[Any, Any, Any]]
-  check: Callable[[Any], Optional[Tuple[str, str]]]
+  spec: type
   build: Callable[[Any, Any], Task]
   activation_bytes: Callable[[Any, int], float]
   example_units: Callable[[Any], int]
@@ -218,18 +287,8 @@ def _lm_sources(data, model):
   return data_lib.lm_sources(dataset=data.dataset, data_dir=data.data_dir or None,
                              seq_len=model.seq_len, subset=data.subset,
                              max_examples=data.max_examples or None,
-                             eval_split=data.get("eval_split") or None,
-                             test_split=data.get("test_split") or "")
-
-
-def _lm_check(model):
-  if model.d_model % model.num_heads:
-    return "d_model", (f"{model.d_model} is not divisible by "
-                       f"model.num_heads={model.num_heads}")
-  if (model.d_model // model.num_heads) % 2:
-    return "num_heads", ("head size d_model / num_heads must be even (RoPE), "
-                         f"got {model.d_model} / {model.num_heads}")
-  return None
+                             eval_split=data.eval_split or None,
+                             test_split=data.test_split)
 
 
 def _lm_build(model, train_source):
@@ -237,12 +296,12 @@ def _lm_build(model, train_source):
   return lm_task(d_model=model.d_model, num_layers=model.num_layers,
                  num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
                  seq_len=model.seq_len, dtype=model.dtype, dropout=model.dropout,
-                 remat=model.get("remat", False))
+                 remat=model.remat)
 
 
 def _lm_activation_bytes(model, examples: int) -> float:
   # With remat, one block's activations plus each block's input.
-  blocks = 1 if model.get("remat", False) else model.num_layers
+  blocks = 1 if model.remat else model.num_layers
   per_token = (blocks * model.d_model * (8 + 2 * model.mlp_ratio)
                + model.num_layers * model.d_model
                + blocks * model.num_heads * model.seq_len
@@ -256,8 +315,8 @@ def _image_sources(data, model):
   return data_lib.image_sources(dataset=data.dataset,
                                 data_dir=data.data_dir or None,
                                 max_examples=data.max_examples or None,
-                                eval_split=data.get("eval_split") or None,
-                                test_split=data.get("test_split") or "")
+                                eval_split=data.eval_split or None,
+                                test_split=data.test_split)
 
 
 def _image_build(model, train_source):
@@ -273,13 +332,13 @@ def _image_activation_bytes(model, examples: int) -> float:
 
 
 KINDS = Registry("task kind", "model.kind", {
-    "lm": TaskKind(sources=_lm_sources, check=_lm_check, build=_lm_build,
+    "lm": TaskKind(sources=_lm_sources, spec=LMSpec, build=_lm_build,
                    activation_bytes=_lm_activation_bytes,
                    example_units=lambda model: model.seq_len,
-                   memory_knob=lambda model: None if model.get("remat", False)
+                   memory_knob=lambda model: None if model.remat
                    else ("model.remat", "set it to True")),
     "classification": TaskKind(
-        sources=_image_sources, check=lambda model: None, build=_image_build,
+        sources=_image_sources, spec=ClassifierSpec, build=_image_build,
         activation_bytes=_image_activation_bytes,
         example_units=lambda model: 1),
 })

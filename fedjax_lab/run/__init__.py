@@ -22,6 +22,8 @@ page) is apart from the library, in experiments/study/.
 
 from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config_validation import ConfigError
+from fedjax_lab.inner_opt import make_inner_opt
+from fedjax_lab.inner_opt import make_schedule
 from fedjax_lab.run.build import build_run
 from fedjax_lab.run.build import Run
 from fedjax_lab.run.compare import check_base_overrides
@@ -33,8 +35,6 @@ from fedjax_lab.run.loop import TrainingStopped
 from fedjax_lab.run.overrides import apply_overrides
 from fedjax_lab.run.overrides import override_error
 from fedjax_lab.run.progress import quiet_orbax_logs
-from fedjax_lab.run.schedule import make_inner_opt
-from fedjax_lab.run.schedule import make_schedule
 from fedjax_lab.run.summary import versions
 
 __all__ = [

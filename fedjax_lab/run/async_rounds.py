@@ -39,9 +39,9 @@ from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.outer import async_rules
 
 
-def build_simulator(config, engine, clock, params) -> async_lib.AsyncSimulator:
+def build_simulator(parts, engine, clock, params) -> async_lib.AsyncSimulator:
   """The run's simulator, or a `ConfigError` naming the field to change."""
-  ck, m = config.clock, config.train.num_replicas
+  ck, m = parts.clock, parts.train.num_replicas
   why = async_lib.why_not_async(engine)
   if why:
     if engine.mesh is not None:
@@ -53,7 +53,7 @@ def build_simulator(config, engine, clock, params) -> async_lib.AsyncSimulator:
     else:
       field, allowed = "clock.policy", "a synchronous policy for it"
     raise ConfigError(f"{field}: clock.policy='async' cannot run "
-                      f"{config.outer.name!r} ({why}); allowed: {allowed}")
+                      f"{parts.outer.name!r} ({why}); allowed: {allowed}")
   if jax.process_count() > 1:
     raise ConfigError("clock.policy: 'async' simulates every worker in one "
                       f"process, this run has {jax.process_count()}; allowed: "
@@ -83,10 +83,10 @@ def build_simulator(config, engine, clock, params) -> async_lib.AsyncSimulator:
                       ) from None
 
 
-def describe(sim: async_lib.AsyncSimulator, config) -> Dict[str, Any]:
+def describe(sim: async_lib.AsyncSimulator, parts) -> Dict[str, Any]:
   """The async settings, for summary.json's clock."""
   p = sim.profile
-  return {"async_rule": config.clock.async_rule,
+  return {"async_rule": parts.clock.async_rule,
           "async_task_steps": [int(h) for h in sim.task_steps],
           "async_grace_seconds": p.grace,
           "async_sync_seconds": (list(p.sync_seconds) if isinstance(

@@ -8,8 +8,8 @@ with the one a workdir was started with. The memory checks are in
 `fedjax_lab.run.memory` (importable from here). A mistake anywhere is one
 `ConfigError` naming the field, and the workdir is left untouched.
 
-With `train.num_clients` = N > 0 the run is a federated population (issue
-14): N client shards (`data.client_partition`), a `ClientSampler` choosing
+With `train.num_clients` = N > 0 the run is a federated population: N
+client shards (`data.client_partition`), a `ClientSampler` choosing
 M = `train.num_replicas` of them per round, and, for an algorithm with
 per-client state (SCAFFOLD's c_i), a host `ClientStateStore` for all N
 clients, which the loop gathers into the replica slots before each round
@@ -19,6 +19,7 @@ under sampling (config_validation.check_population).
 """
 
 import copy
+import dataclasses
 import functools
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
@@ -30,17 +31,15 @@ import numpy as np
 from fedjax_lab import config_validation
 from fedjax_lab import data as data_lib
 from fedjax_lab import distributed
-from fedjax_lab import outer as outer_lib
-from fedjax_lab.comm import compress as compress_lib
+from fedjax_lab import inner_opt as inner_opt_lib
+from fedjax_lab.config_schema import Parts
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.engine import Engine
 from fedjax_lab.engine import replica_mesh
 from fedjax_lab.fragments import FragmentSchedule
-from fedjax_lab.layout import DEFAULT_MIN_SHARD_SIZE
 from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import async_rounds
 from fedjax_lab.run import progress
-from fedjax_lab.run import schedule as schedule_lib
 from fedjax_lab.run import simclock
 from fedjax_lab.run import workdir as workdir_lib
 from fedjax_lab.run.memory import available_bytes  # noqa: F401 (re-exported)
@@ -51,7 +50,8 @@ from fedjax_lab.run.memory import GIB
 
 class Run(NamedTuple):
   """A run, built: what the loop needs and nothing it has to work out."""
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # As given (config.json; resume compares it).
+  parts: Parts  # The config read once: what everything reads.
   workdir: str
   task: tasks_lib.Task
   train_src: Any
@@ -65,7 +65,9 @@ class Run(NamedTuple):
   comm: Dict[str, float]
   tokens_per_round: int
   started_with: Optional[Dict[str, Any]]  # config.json of a resumed workdir.
-  inner_steps: int = 0  # The round's step axis H (inner.steps, or local epochs' most).
+  # The round's step axis H: inner.steps, or a population's most local steps
+  # (train.local_epochs); the one H the loop, summary and clock read.
+  inner_steps: int
   population: Optional["Population"] = None  # train.num_clients > 0 only.
   clock: Any = None  # The simulated clock (fedjax_lab.clock.Clock).
   # clock.policy='async': the `AsyncSimulator` the loop's rounds run on.
@@ -96,71 +98,48 @@ class Population(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4)
-def _sources(kind: str, key: str, data: ml_collections.FrozenConfigDict,
-             model: ml_collections.FrozenConfigDict):
+def _sources(data, model: tasks_lib.ModelSpec):
   """(train, eval, test) sources, cached per process (comparison arms share them)."""
-  del key
-  return tasks_lib.kind(kind).sources(data, model)
+  return tasks_lib.kind(model.kind).sources(data, model)
 
 
-def _data_key(config) -> str:
-  d, m = config.data, config.model
-  return repr((d.dataset, d.subset, d.data_dir, d.max_examples, m.seq_len,
-               d.get("eval_split"), d.get("test_split")))
-
-
-def load_sources(config):
+def load_sources(parts: Parts):
   """The task kind's (train, eval, test) sources; data mistakes as ConfigError."""
-  frozen = lambda c: ml_collections.FrozenConfigDict(c.to_dict())
   try:
-    return _sources(config.model.kind, _data_key(config), frozen(config.data),
-                    frozen(config.model))
+    return _sources(parts.data, parts.model)
   except (ValueError, KeyError) as e:
     raise ConfigError(f"data.dataset: {e}") from None
   except OSError as e:
     raise ConfigError(f"data.data_dir: {e}") from None
 
 
-def _check_dirs(config, workdir: str) -> None:
+def _check_dirs(parts: Parts, workdir: str) -> None:
   workdir_lib.check_path("--workdir", workdir, write=True)
-  data_dir = config.data.data_dir or os.environ.get(
+  data_dir = parts.data.data_dir or os.environ.get(
       "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
   # The built-in corpus is prepared (under a lock file) in the data dir.
   workdir_lib.check_path("data.data_dir", data_dir, depth=0,
-                         write=config.data.dataset == "stdlib")
+                         write=parts.data.dataset == "stdlib")
 
 
-def _engine(config, task, schedule_steps: int, loss_fn,
+def _engine(parts: Parts, task, schedule_steps: int, loss_fn,
             inner_steps: int) -> Engine:
   mesh = None
-  if config.mesh.num_devices:
-    mesh = replica_mesh(None if config.mesh.num_devices == -1
-                        else config.mesh.num_devices,
-                        model_devices=config.mesh.get("model_devices", 1))
-  hparams = config_validation.outer_hparams(config)
-  n = config.train.num_clients
-  if n and "num_clients" in outer_lib.hparams(config.outer.name):
-    # SCAFFOLD's c moves by |S|/N with N the population, not the M slots.
-    if hparams.get("num_clients") not in (None, n):
-      raise ConfigError(f"outer.hparams.num_clients: must be train."
-                        f"num_clients={n} (or unset), got "
-                        f"{hparams['num_clients']}")
-    hparams["num_clients"] = n
-  ec = config.engine
+  if parts.mesh.num_devices:
+    mesh = replica_mesh(None if parts.mesh.num_devices == -1
+                        else parts.mesh.num_devices,
+                        model_devices=parts.mesh.model_devices)
+  ec = parts.engine
   try:
     return Engine(
         loss_fn or task.loss_fn,
-        inner_opt=schedule_lib.make_inner_opt(config.inner, schedule_steps),
-        outer=outer_lib.get(config.outer.name, **hparams),
-        num_replicas=config.train.num_replicas, inner_steps=inner_steps,
-        mesh=mesh, compressor=compress_lib.get(
-            config.comm.compressor, **config_validation.comm_hparams(config)),
+        inner_opt=inner_opt_lib.make_inner_opt(parts.inner, schedule_steps),
+        outer=parts.algorithm, num_replicas=parts.train.num_replicas,
+        inner_steps=inner_steps, mesh=mesh, compressor=parts.compressor,
         replica_mode=ec.replica_mode,
-        fragments=FragmentSchedule(ec.get("num_fragments", 1),
-                                   ec.get("overlap_steps", 0),
-                                   ec.get("merge_alpha", 0.0)),
-        min_shard_size=config.mesh.get("min_shard_size",
-                                       DEFAULT_MIN_SHARD_SIZE))
+        fragments=FragmentSchedule(ec.num_fragments, ec.overlap_steps,
+                                   ec.merge_alpha),
+        min_shard_size=parts.mesh.min_shard_size)
   except (ValueError, TypeError) as e:
     raise ConfigError(engine_error(e)) from None
 
@@ -201,117 +180,116 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
     ConfigError: the first mistake found, naming its field.
   """
   config = copy.deepcopy(config)
-  config_validation.validate(config, device_count=jax.device_count())
-  _check_dirs(config, workdir)
+  parts = config_validation.validate(config, device_count=jax.device_count())
+  _check_dirs(parts, workdir)
   if jax.process_index() == 0:
     workdir_lib.probe_lock(workdir)
-  check_memory(config)
-  train_src, eval_src, test_src = load_sources(config)
-  kind = tasks_lib.kind(config.model.kind)
+  check_memory(parts)
+  train_src, eval_src, test_src = load_sources(parts)
   try:
-    task = kind.build(config.model, train_src)
+    task = parts.task_kind.build(parts.model, train_src)
   except ValueError as e:
     raise ConfigError(f"model.hidden: {e}") from None
-  estimate = check_memory(config, task.num_params)
+  estimate = check_memory(parts, task.num_params)
   progress.say("memory estimate: %s of %.3g GiB available",
                ", ".join(f"{k} {v / GIB:.3g} GiB" for k, v in estimate.items()
                          if k != "limit"), estimate["limit"] / GIB)
-  shards, inner_steps, sampler = _shards(config, train_src, eval_src)
-  # The config as the memory estimate and lr schedule see it: H is the step
+  shards, inner_steps, sampler = _shards(parts, train_src, eval_src)
+  # The parts as the memory estimate and lr schedule see them: H is the step
   # axis (local epochs' most steps with train.local_epochs).
-  sized = config
-  if inner_steps != config.inner.steps:
-    sized = copy.deepcopy(config)
-    sized.inner.steps = inner_steps
+  sized = parts
+  if inner_steps != parts.inner.steps:
+    sized = parts._replace(inner=dataclasses.replace(parts.inner,
+                                                     steps=inner_steps))
     check_memory(sized, task.num_params)
   started_with = workdir_lib.check_resumable(workdir, config)
   schedule_steps, origin = workdir_lib.schedule_horizon(sized, started_with)
-  if started_with is not None and not config.inner.schedule_steps:
+  if started_with is not None and not parts.inner.schedule_steps:
     progress.say("lr schedule: decays over %d steps (%s)", schedule_steps,
                  origin)
   loss_fn = wrap_loss(task.loss_fn) if wrap_loss else None
-  engine = _engine(config, task, schedule_steps, loss_fn, inner_steps)
+  engine = _engine(parts, task, schedule_steps, loss_fn, inner_steps)
   if replica_ids is None:
     replica_ids = distributed.local_replica_ids(
         engine.mesh, engine.num_replicas, engine.axis_name if engine.mesh
         else None)
-  params = task.init(jax.random.PRNGKey(config.model.init_seed))
+  params = task.init(jax.random.PRNGKey(parts.model.init_seed))
   try:
     engine.check(params)
   except ValueError as e:
     raise ConfigError(engine_error(e)) from None
-  check_compiled_memory(config, engine, params,
+  check_compiled_memory(parts, engine, params,
                         train_src.get_batch(np.zeros(
-                            [config.inner.batch_size], np.int64)),
+                            [parts.inner.batch_size], np.int64)),
                         len(replica_ids), inner_steps)
   population = None
-  if config.train.num_clients:
-    population = _population(config, sized, task, engine, params, sampler)
-  clock = simclock.build_clock(config, task, engine, params)
+  if parts.train.num_clients:
+    population = _population(parts, sized, task, engine, params, sampler)
+  clock = simclock.build_clock(parts, task, engine, params)
   async_sim = None
-  if config.clock.policy == "async":
-    async_sim = async_rounds.build_simulator(config, engine, clock, params)
-  m, b = config.train.num_replicas, config.inner.batch_size
-  return Run(config=config, workdir=workdir, task=task, train_src=train_src,
-             eval_src=eval_src, test_src=test_src, shards=list(shards),
-             engine=engine,
+  if parts.clock.policy == "async":
+    async_sim = async_rounds.build_simulator(parts, engine, clock, params)
+  m, b = parts.train.num_replicas, parts.inner.batch_size
+  return Run(config=config, parts=parts, workdir=workdir, task=task,
+             train_src=train_src, eval_src=eval_src, test_src=test_src,
+             shards=list(shards), engine=engine,
              params=params, replica_ids=[int(r) for r in replica_ids],
              schedule_steps=schedule_steps, comm=engine.comm_bytes(params),
-             tokens_per_round=m * inner_steps * b * kind.example_units(
-                 config.model),
+             tokens_per_round=m * inner_steps * b * parts.task_kind.example_units(
+                 parts.model),
              started_with=started_with, inner_steps=inner_steps,
              population=population, clock=clock, async_sim=async_sim)
 
 
-def _shards(config, train_src, eval_src):
+def _shards(parts: Parts, train_src, eval_src):
   """(replica or client shards, the round's step axis H, sampler or None)."""
-  if config.train.num_clients:
-    shards, inner_steps, sampler = _population_data(config, train_src)
+  if parts.train.num_clients:
+    shards, inner_steps, sampler = _population_data(parts, train_src)
     # A client smaller than B is filled up by repeating its examples.
-    config_validation.check_data(config, train_src, eval_src,
+    config_validation.check_data(parts, train_src, eval_src,
                                  [np.arange(len(train_src))])
     return shards, inner_steps, sampler
   try:
-    shards = data_lib.partition(train_src, config.train.num_replicas,
-                                method=config.data.partition,
-                                alpha=config.data.alpha,
-                                seed=config.train.seed)
+    shards = data_lib.partition(train_src, parts.train.num_replicas,
+                                method=parts.data.partition,
+                                alpha=parts.data.alpha,
+                                seed=parts.train.seed)
   except ValueError as e:
     raise ConfigError(f"data.partition: {e}") from None
-  config_validation.check_data(config, train_src, eval_src, shards)
-  return shards, config.inner.steps, None
+  config_validation.check_data(parts, train_src, eval_src, shards)
+  return shards, parts.inner.steps, None
 
 
-def _population(config, sized, task, engine, params, sampler) -> Population:
+def _population(parts: Parts, sized, task, engine, params, sampler) -> Population:
   """The population's sampler and client store (its memory checked first).
 
-  `sized` is the config as the memory estimate sees it (H the step axis).
+  `sized` is the parts as the memory estimate sees it (H the step axis).
   """
   abstract = engine.abstract_state(params)
-  _check_sampling_state(config, abstract)
+  _check_sampling_state(parts, abstract)
   client_template = jax.tree.map(
       lambda x: np.zeros(x.shape[1:], x.dtype), abstract.client_state)
   store = None
   if jax.tree.leaves(client_template):
     per_client = sum(x.nbytes for x in jax.tree.leaves(client_template))
     check_memory(sized, task.num_params,
-                 client_state_bytes=per_client * config.train.num_clients)
+                 client_state_bytes=per_client * parts.train.num_clients)
     store = data_lib.ClientStateStore(client_template,
-                                      config.train.num_clients)
+                                      parts.train.num_clients)
     progress.say("%s", store.memory_line())
-  tc = config.train
+  tc = parts.train
   return Population(
       sampler=sampler, store=store, local_epochs=tc.local_epochs,
       max_steps=(tc.max_local_steps or None) if tc.local_epochs else None)
 
 
-def _population_data(config, train_src):
+def _population_data(parts: Parts, train_src):
   """(client shards, the round's step axis H, sampler) of a population."""
-  tc, b = config.train, config.inner.batch_size
+  tc, b = parts.train, parts.inner.batch_size
   try:
     shards = data_lib.client_partition(
-        train_src, tc.num_clients, method=config.data.partition,
-        alpha=config.data.alpha, seed=tc.seed)
+        train_src, tc.num_clients, method=parts.data.partition,
+        alpha=parts.data.alpha, seed=tc.seed)
   except ValueError as e:
     raise ConfigError(_named(e, "data.partition")) from None
   sizes = np.array([len(s) for s in shards], np.int64)
@@ -319,7 +297,7 @@ def _population_data(config, train_src):
     most = int(data_lib.client_steps(sizes, b, tc.local_epochs).max())
     inner_steps = tc.max_local_steps or most
   else:
-    inner_steps = config.inner.steps
+    inner_steps = parts.inner.steps
   try:
     sampler = data_lib.ClientSampler(
         tc.num_clients, tc.num_replicas, kind=tc.sampling, sizes=sizes,
@@ -338,21 +316,21 @@ def _named(error: Exception, default_field: str) -> str:
   return f"{default_field}: {text}"
 
 
-def _check_sampling_state(config, abstract_state) -> None:
+def _check_sampling_state(parts: Parts, abstract_state) -> None:
   """Under sampling (N > M), no replica slot may carry state between clients.
 
   Per-client algorithm state goes through the client store; the compressor's
   per-replica state (error feedback) would not, so it is refused here, where
   the engine says whether it has any.
   """
-  if config.train.num_clients <= config.train.num_replicas:
+  if parts.train.num_clients <= parts.train.num_replicas:
     return
   if jax.tree.leaves(abstract_state.comm_state):
-    field = ("comm.hparams.ef" if config.comm.hparams.get("ef")
+    field = ("comm.hparams.ef" if parts.comm.hparams.get("ef")
              else "comm.compressor")
     raise ConfigError(
-        f"{field}: compressor {config.comm.compressor!r} keeps per-replica "
+        f"{field}: compressor {parts.comm.name!r} keeps per-replica "
         f"state (error feedback) across rounds, which under client sampling "
-        f"(train.num_clients={config.train.num_clients} > train.num_replicas="
-        f"{config.train.num_replicas}) would pass from one client to another; "
+        f"(train.num_clients={parts.train.num_clients} > train.num_replicas="
+        f"{parts.train.num_replicas}) would pass from one client to another; "
         "use a compressor without it (or ef=False)")

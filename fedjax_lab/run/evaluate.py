@@ -24,15 +24,15 @@ class Evaluator:
   """Mean task metrics of `engine.eval_params(state)` over fixed batches."""
 
   def __init__(self, run):
-    config = run.config
+    data = run.parts.data
     self._engine = run.engine
-    self._batch = config.data.eval_batch_size
+    self._batch = data.eval_batch_size
     self._sources = {"eval": run.eval_src}
     if getattr(run, "test_src", None) is not None:
       self._sources["test"] = run.test_src
     self._plans = {
-        "periodic": self._plan(config.data.eval_batches),
-        "final": self._plan(config.data.get("final_eval_batches", 0))}
+        "periodic": self._plan(data.eval_batches),
+        "final": self._plan(data.final_eval_batches)}
     # The curves' batches are gathered once (they are evaluated many times);
     # the final ones when the run completes.
     self._periodic = {split: self._gather(split, plan) for split, plan in

@@ -50,7 +50,6 @@ from fedjax_lab import data as data_lib
 from fedjax_lab.checkpoint import Checkpointer
 from fedjax_lab.metrics import MetricsWriter
 from fedjax_lab.metrics import write_json
-from fedjax_lab.models import tasks as tasks_lib
 from fedjax_lab.run import async_rounds
 from fedjax_lab.run import build as build_lib
 from fedjax_lab.run import progress
@@ -110,7 +109,7 @@ class _Loop(LoopRecords):
   def __init__(self, run: build_lib.Run,
                batch_hook: Optional[Callable[[Dict, int, Sequence[int]], Dict]]):
     self.run, self.config, self.engine = run, run.config, run.engine
-    self.tc = run.config.train
+    self.parts, self.tc = run.parts, run.parts.train
     self.batch_hook = batch_hook
     self.is_main = jax.process_index() == 0
     self.lock = workdir_lib.Lock(run.workdir)
@@ -156,14 +155,14 @@ class _Loop(LoopRecords):
                     self.engine.init(run.params, seed=self.tc.seed))
       self.start, self.meta = 0, _fresh_meta()
       progress.say("starting %s in %s: %d rounds, M=%d, H=%d, B=%d, %d params",
-                   self.config.outer.name, run.workdir, self.tc.rounds,
+                   self.parts.outer.name, run.workdir, self.tc.rounds,
                    self.tc.num_replicas, self.engine.inner_steps,
-                   self.config.inner.batch_size, run.task.num_params)
+                   self.parts.inner.batch_size, run.task.num_params)
     else:
       self.state, self.start = restored.state, restored.step
       self.meta = dict(_fresh_meta(), **restored.meta)
       self.meta["resumes"] += 1
-      progress.say("resuming %s in %s from round %d", self.config.outer.name,
+      progress.say("resuming %s in %s from round %d", self.parts.outer.name,
                    run.workdir, self.start)
     self.last_saved = self.start if self.restored else None
     self.loader = self._make_loader()
@@ -191,19 +190,19 @@ class _Loop(LoopRecords):
 
   def _make_loader(self):
     run, pop = self.run, self.population
-    b, seed = self.config.inner.batch_size, self.tc.seed
+    b, seed = self.parts.inner.batch_size, self.tc.seed
     if pop is None:
       return data_lib.RoundLoader(
           run.train_src, run.shards, batch_size=b,
-          inner_steps=self.config.inner.steps, seed=seed,
+          inner_steps=self.parts.inner.steps, seed=seed,
           replica_ids=run.replica_ids,
           # Async tasks read by (worker, position), not by round.
-          prefetch=0 if run.async_sim is not None else self.config.data.prefetch)
+          prefetch=0 if run.async_sim is not None else self.parts.data.prefetch)
     loader = data_lib.PopulationLoader(
         run.train_src, run.shards, pop.sampler, batch_size=b, seed=seed,
-        inner_steps=None if pop.local_epochs else self.config.inner.steps,
+        inner_steps=None if pop.local_epochs else self.parts.inner.steps,
         local_epochs=pop.local_epochs or None, max_steps=pop.max_steps,
-        slot_ids=run.replica_ids, prefetch=self.config.data.prefetch)
+        slot_ids=run.replica_ids, prefetch=self.parts.data.prefetch)
     if loader.inner_steps != self.engine.inner_steps:
       loader.close()
       raise AssertionError(f"population loader's step axis "
@@ -254,7 +253,7 @@ class _Loop(LoopRecords):
         gathered = self.store.gather(rnd.client_ids)
         self.state = self.state.replace(client_state=jax.tree.map(
             _put_like, gathered, self.state.client_state))
-    if self.tc.get("outer_drop_prob"):
+    if self.tc.outer_drop_prob:
       kwargs["mask"] = drop_mask(self.tc.seed, r, self.tc.num_replicas,
                                  self.tc.outer_drop_prob)
     kwargs, plan = self.sim.round_kwargs(r, kwargs)
@@ -269,8 +268,7 @@ class _Loop(LoopRecords):
                          jax.tree.map(_host_value, self.state.client_state),
                          mask=rnd.num_steps > 0)
     if self.population is not None and self.population.local_epochs:
-      units = tasks_lib.kind(self.config.model.kind).example_units(
-          self.config.model)
+      units = self.parts.task_kind.example_units(self.parts.model)
       self.meta["tokens"] += int(rnd.num_examples.sum()) * units
       self.tokens_at[r] = self.meta["tokens"]
     return mt
@@ -334,11 +332,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   status = "failed"
   try:
-    for r in range(loop.start + 1, run.config.train.rounds + 1):
+    for r in range(loop.start + 1, run.parts.train.rounds + 1):
       loop.round(r)
-    if loop.start >= run.config.train.rounds and loop.meta["last_eval"] is None:
+    if loop.start >= run.parts.train.rounds and loop.meta["last_eval"] is None:
       loop.do_eval(loop.start)
-    loop.do_final_eval(max(loop.start, run.config.train.rounds))
+    loop.do_final_eval(max(loop.start, run.parts.train.rounds))
     status = "completed"
   except TrainingStopped as e:
     status = e.status
@@ -346,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     summary = loop.finish(status, wall_start)
   progress.say("done: %s eval loss %s after %d rounds, %.3g B per replica "
-               "sent, %s", run.config.outer.name,
+               "sent, %s", run.parts.outer.name,
                summary["final_eval"].get("loss"), summary["rounds"],
                summary["payload_bytes"], progress.fmt_time(summary["wall_s"]))
   return summary

@@ -8,6 +8,7 @@ memory. Both refuse a run that cannot fit with ONE `ConfigError` naming the
 field to change; `fedjax_lab.run.build` calls them.
 """
 
+import dataclasses
 import os
 from typing import Dict, Optional, Sequence
 
@@ -17,21 +18,22 @@ import numpy as np
 from fedjax_lab import local_steps
 from fedjax_lab.config_validation import ConfigError
 from fedjax_lab.engine import Engine
-from fedjax_lab.models import tasks as tasks_lib
 
 GIB = float(1 << 30)
 
 
-_TYPICAL = {"train.num_replicas": 4, "inner.steps": 25, "inner.batch_size": 16,
-            "model.seq_len": 64, "model.d_model": 64, "model.num_layers": 2,
-            "model.mlp_ratio": 4, "model.num_heads": 4,
-            "data.prefetch": 2, "mesh.num_devices": 1}
+def _value(parts, field: str):
+  group, name = field.split(".")
+  return getattr(getattr(parts, group), name)
 
 
-def _largest(config, fields: Sequence[str]) -> str:
+def _largest(parts, fields: Sequence[str]) -> str:
+  """The field furthest above its default (the one most worth lowering)."""
   def ratio(field):
     group, name = field.split(".")
-    return float(abs(config[group][name])) / _TYPICAL[field]
+    typical = {f.name: f.default for f in dataclasses.fields(
+        type(getattr(parts, group)))}[name]
+    return float(abs(_value(parts, field))) / (abs(typical) or 1)
   return max(fields, key=ratio)
 
 
@@ -45,7 +47,7 @@ def available_bytes() -> float:
   return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def check_memory(config, num_params: Optional[int] = None, *,
+def check_memory(parts, num_params: Optional[int] = None, *,
                  limit: Optional[float] = None,
                  client_state_bytes: float = 0.0) -> Dict[str, float]:
   """Refuses a run whose rough memory estimate exceeds the machine's.
@@ -66,21 +68,21 @@ def check_memory(config, num_params: Optional[int] = None, *,
   Raises:
     ConfigError: naming the field that drives the largest term.
   """
-  kind = tasks_lib.kind(config.model.kind)
-  m, h, b = config.train.num_replicas, config.inner.steps, config.inner.batch_size
-  units = kind.example_units(config.model)
-  batch = 4.0 * m * h * b * (units + 1) * (config.data.prefetch + 2)
-  model_devices = config.mesh.get("model_devices", 1)
+  kind = parts.task_kind
+  m, h, b = parts.train.num_replicas, parts.inner.steps, parts.inner.batch_size
+  units = kind.example_units(parts.model)
+  batch = 4.0 * m * h * b * (units + 1) * (parts.data.prefetch + 2)
+  model_devices = parts.mesh.model_devices
   slots = max(jax.device_count() // model_devices, 1)
   per_device = max(m // slots, 1)
-  if config.mesh.num_devices == 0:
+  if parts.mesh.num_devices == 0:
     per_device = m
-  mode = config.engine.replica_mode
+  mode = parts.engine.replica_mode
   if mode == "auto":
     mode = local_steps.default_replica_mode(per_device)
   if mode == "sequential":
     per_device = 1
-  act = per_device * kind.activation_bytes(config.model, b)
+  act = per_device * kind.activation_bytes(parts.model, b)
   state = (0.0 if num_params is None else
            4.0 * num_params * (6 * m + 4) / model_devices)
   limit = available_bytes() if limit is None else limit
@@ -93,7 +95,7 @@ def check_memory(config, num_params: Optional[int] = None, *,
           f"train.num_clients: the per-client state would need about "
           f"{host / GIB:.3g} GiB of host memory and this host has "
           f"{ram / GIB:.3g} GiB; lower train.num_clients (now "
-          f"{config.train.num_clients})")
+          f"{parts.train.num_clients})")
     host = 0.0
   total = batch + act + state + host
   if total <= limit:
@@ -111,18 +113,17 @@ def check_memory(config, num_params: Optional[int] = None, *,
                                  "model.mlp_ratio", "train.num_replicas")),
   }
   name, (size, fields) = max(terms.items(), key=lambda kv: kv[1][0])
-  if config.model.kind != "lm":
-    fields = tuple(f for f in fields if not f.startswith("model.")) or (
-        "inner.batch_size",)
-  field = (fields[0] if len(fields) == 1 else _largest(config, fields))
-  group, leaf = field.split(".")
+  own = {f.name for f in dataclasses.fields(type(parts.model))}
+  fields = tuple(f for f in fields if not f.startswith("model.")
+                 or f.split(".")[1] in own) or ("inner.batch_size",)
+  field = (fields[0] if len(fields) == 1 else _largest(parts, fields))
   raise ConfigError(
       f"{field}: the run would need about {total / GIB:.3g} GiB ({name}: "
       f"{size / GIB:.3g} GiB) and this machine has {limit / GIB:.3g} GiB; "
-      f"lower {field} (now {config[group][leaf]})")
+      f"lower {field} (now {_value(parts, field)})")
 
 
-def check_compiled_memory(config, engine: Engine, params, example_batch,
+def check_compiled_memory(parts, engine: Engine, params, example_batch,
                           num_local: int, inner_steps: int, *,
                           limit: Optional[float] = None) -> Optional[float]:
   """Refuses a run whose compiled round will not fit one device's memory.
@@ -156,14 +157,14 @@ def check_compiled_memory(config, engine: Engine, params, example_batch,
   need = float(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
   if need <= limit:
     return need
-  knob = tasks_lib.kind(config.model.kind).memory_knob(config.model)
+  knob = parts.task_kind.memory_knob(parts.model)
   if engine.replica_mode == "vmap" and engine.local_replicas > 1:
     field, hint = "engine.replica_mode", "set it to 'sequential'"
   elif knob is not None:
     field, hint = knob
   else:
     field, hint = "inner.batch_size", (f"lower it (now "
-                                       f"{config.inner.batch_size}), or raise "
+                                       f"{parts.inner.batch_size}), or raise "
                                        f"mesh.model_devices")
   raise ConfigError(
       f"{field}: the compiled round needs {need / GIB:.3g} GiB per device "

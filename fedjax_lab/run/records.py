@@ -47,7 +47,7 @@ class LoopRecords:
     return r * self.run.tokens_per_round
 
   def counters(self, r: int) -> Dict[str, Any]:
-    h, comm = self.run.inner_steps or self.config.inner.steps, self.run.comm
+    h, comm = self.run.inner_steps, self.run.comm
     return {"round": r, "step": r * h,
             "tokens": self._tokens(r) - self.sim.skipped_steps(r) * (
                 self.run.tokens_per_round // (self.tc.num_replicas * h)),

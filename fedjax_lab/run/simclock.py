@@ -1,6 +1,6 @@
 """The run's side of the simulated clock (fedjax_lab.clock).
 
-`build_clock` reads `config.clock` once, where the run is built (a bad
+`build_clock` reads `parts.clock` once, where the run is built (a bad
 profile is a `ConfigError` naming the field, before anything is written);
 `RoundClock` is what the loop calls around each round: the policy's step
 counts and mask go into `Engine.round`, and the round's simulated seconds
@@ -18,29 +18,29 @@ from fedjax_lab import clock as clock_lib
 from fedjax_lab.config_validation import ConfigError
 
 
-def build_clock(config, task, engine, params) -> clock_lib.Clock:
-  """The run's clock: profiles from `config.clock`, traffic from the engine.
+def build_clock(parts, task, engine, params) -> clock_lib.Clock:
+  """The run's clock: profiles from `parts.clock`, traffic from the engine.
 
   Raises:
     ConfigError: naming the clock field (a task without a FLOP count and no
       step_seconds, a fixed deadline no replica meets).
   """
-  ck = config.clock
+  ck = parts.clock
   step_s = ck.step_seconds
   if not step_s:
-    flops = float(task.flops_per_example or 0.0) * config.inner.batch_size
+    flops = float(task.flops_per_example or 0.0) * parts.inner.batch_size
     step_s = flops / ck.device_flops
   if not step_s > 0:
     raise ConfigError("clock.step_seconds: the task gives no FLOP count to "
                       "derive it from; set clock.step_seconds > 0")
   try:
     device = clock_lib.DeviceProfile.build(
-        config.train.num_replicas, step_seconds=step_s,
+        parts.train.num_replicas, step_seconds=step_s,
         speeds=tuple(ck.speeds), lognormal_sigma=ck.lognormal_sigma,
         straggler_prob=ck.straggler_prob,
-        straggler_factor=ck.straggler_factor, seed=config.train.seed)
+        straggler_factor=ck.straggler_factor, seed=parts.train.seed)
     network = clock_lib.NetworkProfile.build(
-        config.train.num_replicas, bandwidth_gbps=ck.bandwidth_gbps,
+        parts.train.num_replicas, bandwidth_gbps=ck.bandwidth_gbps,
         latency_s=ck.latency_s, bandwidths_gbps=tuple(ck.bandwidths_gbps),
         latencies_s=tuple(ck.latencies_s))
     clock = clock_lib.Clock(

@@ -36,7 +36,7 @@ def _population(run) -> Optional[Dict[str, Any]]:
   pop = run.population
   if pop is None:
     return None
-  tc = run.config.train
+  tc = run.parts.train
   sizes = np.array([len(s) for s in run.shards])
   return {"num_clients": tc.num_clients,
           "clients_per_round": tc.num_replicas,
@@ -55,7 +55,7 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
                  last_train: Dict[str, Any], resumed_from: Optional[int],
                  timing: Dict[str, Any]) -> Dict[str, Any]:
   """The summary dict of `run` (a `build.Run`) after `rounds_done` rounds."""
-  config, comm = run.config, run.comm
+  config, parts, comm = run.config, run.parts, run.comm
   final = meta.get("final") or {}
   # A completed run: the final protocol (whole splits); otherwise the last
   # periodic evaluation (a sample), as `eval_protocol` says.
@@ -65,21 +65,21 @@ def make_summary(run, *, status: str, meta: Dict[str, Any], rounds_done: int,
   final_test.pop("round", None)
   corpus = dict(getattr(run.train_src, "info", {}) or {})
   engine = run.engine
-  h = run.inner_steps or config.inner.steps
+  h = run.inner_steps
   tokens = rounds_done * run.tokens_per_round
   if run.counts_own_tokens:
     tokens = meta.get("tokens", 0)
   # Steps a sync policy skipped (DyLU, a deadline's shorter replicas).
   tokens -= meta.get("skipped_steps", 0) * (
-      run.tokens_per_round // (config.train.num_replicas * h))
+      run.tokens_per_round // (parts.train.num_replicas * h))
   out = {
       "status": status,
-      "algorithm": config.outer.name,
+      "algorithm": parts.outer.name,
       "rounds": rounds_done,
-      "rounds_planned": config.train.rounds,
-      "num_replicas": config.train.num_replicas,
+      "rounds_planned": parts.train.rounds,
+      "num_replicas": parts.train.num_replicas,
       "inner_steps": h,
-      "batch_size": config.inner.batch_size,
+      "batch_size": parts.inner.batch_size,
       "steps": rounds_done * h,
       "schedule_steps": run.schedule_steps,
       "tokens": tokens,
@@ -153,5 +153,5 @@ def _clock(run) -> Optional[Dict[str, Any]]:
     return None
   out = run.clock.describe()
   if getattr(run, "async_sim", None) is not None:
-    out.update(async_rounds.describe(run.async_sim, run.config))
+    out.update(async_rounds.describe(run.async_sim, run.parts))
   return out

@@ -261,15 +261,15 @@ def check_resumable(workdir: str, config) -> Optional[Dict[str, Any]]:
   return raw
 
 
-def schedule_horizon(config, started_with: Optional[Dict[str, Any]]
+def schedule_horizon(parts, started_with: Optional[Dict[str, Any]]
                      ) -> Tuple[int, str]:
   """inner.schedule_steps, resolved: (steps, where it came from)."""
-  if config.inner.schedule_steps:
-    return config.inner.schedule_steps, "inner.schedule_steps"
+  if parts.inner.schedule_steps:
+    return parts.inner.schedule_steps, "inner.schedule_steps"
   if started_with is not None:
     rounds = started_with["train"]["rounds"]
-    return rounds * config.inner.steps, f"the first run's {rounds} rounds"
-  return config.train.rounds * config.inner.steps, "train.rounds"
+    return rounds * parts.inner.steps, f"the first run's {rounds} rounds"
+  return parts.train.rounds * parts.inner.steps, "train.rounds"
 
 
 def write_config(workdir: str, config) -> None:
