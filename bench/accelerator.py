@@ -1,5 +1,8 @@
 r"""Accelerator benchmark: the byte LM at scale, ddp vs DiLoCo, both modes.
 
+(Over 400 lines on purpose: one benchmark, one file: its configurations, the
+MFU arithmetic and its report.)
+
 For each configuration (ddp at M replicas; DiLoCo at M replicas with the
 replicas vmapped ('vmap') or run one after another ('sequential')), one
 `Engine.round` of H inner steps is timed (median of interleaved repeats,
@@ -21,7 +24,7 @@ round_throughput's `_time`) and reported as:
   H; '-' for ddp, which has no outer step;
 * vs ddp: tokens/s over ddp's at the same M.
 
-Targets on a GPU (issue 10): MFU >= 45% for ddp and DiLoCo, and DiLoCo
+Targets on a GPU: MFU >= 45% for ddp and DiLoCo, and DiLoCo
 tokens/s >= 0.95x ddp's.
 
 Sizes (--preset) follow GPT-3's table 2.1 (d_model, layers, heads) at seq

@@ -1,5 +1,8 @@
 r"""Round throughput: M replicas vs the compute bound, in both replica modes.
 
+(Over 400 lines on purpose: one benchmark, one file: the bound, every section
+it measures (--only) and their tables.)
+
 Everything is measured in one run on one device, as ratios against a reference
 measured in the same run (never an absolute target):
 
@@ -13,7 +16,7 @@ measured in the same run (never an absolute target):
 * the outer step's share of a round at H = 100 (the sync alone, timed with the
   same jit machinery).
 
-Workloads (issue 9): a 784-256-10 ReLU MLP (softmax cross-entropy, FedAvg,
+Workloads: a 784-256-10 ReLU MLP (softmax cross-entropy, FedAvg,
 inner SGD lr 0.1, B = 32, H = 10) at M = 1, 8, 64, 256 (`--ms`), and the
 byte-level LM (DiLoCo, inner AdamW) at M = 4, 16.
 
@@ -185,10 +188,11 @@ def bound_round_fn(w, h):
 
 
 def measure(w, m, h, repeats, modes, user=True):
+  # Over 80 lines on purpose: the bound and each mode timed interleaved, in one place.
   """ms per round of the bound and of each mode, their ratio and memory.
 
   The bench's own figures hand every round the same host numpy batch (as
-  before issue 23). With `user`, also: the bound on a device-resident batch
+  it always has). With `user`, also: the bound on a device-resident batch
   (pure compute), and the loop a user writes, `Engine.round` in 'auto' mode
   with a fresh host numpy batch every round ('user'; the copy is made before
   the clock starts, as a loader would have it ready), and the same with the
@@ -402,7 +406,8 @@ def user_loop(engine, holder, host_batch, copy, ahead, rounds):
 
 
 def profile_split(w, m, h, repeats, loop_rounds=4):
-  """Where a round's time goes at M replicas (issue 23), all interleaved in
+  # Over 80 lines on purpose: every split of a round timed interleaved in one _time.
+  """Where a round's time goes at M replicas, all interleaved in
   one `_time`: the batch's host->device transfer, the engine's round on a
   device-resident batch, on the same host batch every round (this bench's
   figure) and on a fresh host batch every round (a user's loop), its local
@@ -591,6 +596,7 @@ def _ints(text):
 
 
 def main():
+  # Over 80 lines on purpose: the flags and the sections they select, in one place.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="MLP at M = 1, 8 only; no LM, profile or registry")

@@ -28,6 +28,7 @@ SGD_LR = 0.05
 
 
 def main():
+  # Over 80 lines on purpose: the worker's flags and its one scripted run, in order.
   parser = argparse.ArgumentParser()
   parser.add_argument("--algo", default="diloco")
   parser.add_argument("--algos", default="",

@@ -1,5 +1,8 @@
 """The simulated clock (fedjax_lab/clock.py) and its sync policies.
 
+(Over 400 lines on purpose: each policy's times worked out by hand from one
+shared profile.)
+
 Times are worked out by hand below from the profile (3 replicas, step times
 0.1, 0.2 and 0.4 s, a 1000 bytes/s link with 10 ms per hop) and the bytes each
 algorithm sends; the code's own output is never the reference.

@@ -1,6 +1,6 @@
 """DES-LOC and Local Adam (Iacob et al., arXiv 2505.22549) in the engine,
 against independent float64 numpy references written here from
-/work/shared/ALGORITHMS_FRONTIER.md (Algorithm 1 as rendered there):
+the paper (Algorithm 1) and docs/algorithms.md:
 
   worker m, step s = 1, 2, …: g = ∇f_m(x^m); u ← β1·u + (1 − β1)·g;
   v ← β2·v + (1 − β2)·g²; x ← x − η·û/(√v̂ + ε) (optax.adam: bias-corrected

@@ -1,5 +1,8 @@
 """Replicas across processes on JAX's distributed runtime (127.0.0.1 only).
 
+(Over 400 lines on purpose: the multi-process tests share one launcher and its
+bounds.)
+
 Every process is bounded in time; the library-level worker is
 tests/mp_worker.py. No wall-clock assertion: a peer's loss is checked as an
 event (the survivor exits by itself, non-zero, without our kill), and the

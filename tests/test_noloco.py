@@ -1,6 +1,6 @@
 """NoLoCo (Kolehmainen et al., arXiv 2506.10911) in the engine, against an
 independent float64 numpy reference written here from
-/work/shared/ALGORITHMS_FRONTIER.md (the authors' SparseOptimizerC):
+the paper, docs/algorithms.md and the authors' SparseOptimizerC:
 
   replica i: slow φ_i (its params at the round's start), momentum b_i = 0,
   its own inner Adam (never reset or averaged); θ_i after H inner steps

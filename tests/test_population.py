@@ -1,4 +1,8 @@
-"""Populations: client sampler, E/B local work, PopulationLoader, client state."""
+"""Populations: client sampler, E/B local work, PopulationLoader, client state.
+
+(Over 400 lines on purpose: the population's pieces, tested together against
+one sampler.)
+"""
 
 import json
 

@@ -1,4 +1,4 @@
-"""README promises that had no test (issue 21), one focused test each.
+"""README promises that had no test, one focused test each.
 
 The multi-process ones (process 0 alone writes the metrics; the
 --coordinator_address / --num_processes / --process_id and --distributed_auto

@@ -1,4 +1,7 @@
-"""Regression tests for the run layer's user-facing defects (issue 11).
+"""Regression tests for the run layer's user-facing defects.
+
+(Over 400 lines on purpose: one regression test per user-facing defect, all
+through the CLI.)
 
 Each goes through experiments/run.py (or compare.py) where the defect was
 found there; in process where the entry point adds nothing.

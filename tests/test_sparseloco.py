@@ -1,8 +1,12 @@
-"""SparseLoCo (Sarfi et al., arXiv 2508.15706) in the engine, against an
-independent float64 numpy reference written here from
-/work/shared/ALGORITHMS_FRONTIER.md and the authors' `SparseLoCo.step`
-(tplr-ai/SparseLoCo src/tplr/sparseloco.py, read at QErywan/RobustDiLoCo
-276fa59): per tensor and replica
+"""SparseLoCo (Sarfi et al., arXiv 2508.15706) in the engine.
+
+(Over 400 lines on purpose: one method's reference, special cases and engine
+checks.)
+
+Against an independent float64 numpy reference written here from the paper,
+docs/algorithms.md and the authors' `SparseLoCo.step` (tplr-ai/SparseLoCo
+src/tplr/sparseloco.py, read at QErywan/RobustDiLoCo 276fa59): per tensor
+and replica
 
     e_i ← β·e_i + α·Δ_i;  message_i = quantise(top-k per chunk of e_i);
     e_i ← e_i − decode(message_i);

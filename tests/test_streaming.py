@@ -142,7 +142,7 @@ def test_bad_input(kwargs, match):
 # Streaming DiLoCo with P > 1, overlap τ > 0 and merge α > 0 against a float64
 # numpy reference, for every registry entry streaming accepts.
 #
-# The schedule (/work/shared/ALGORITHMS.md "Streaming DiLoCo", arXiv
+# The schedule (docs/algorithms.md "Streaming DiLoCo", arXiv
 # 2501.18512 Alg. 2, fedjax_lab/fragments.py): the parameters are split into P
 # fragments (layer l in fragment l mod P). Fragment p syncs after inner step
 # (p + 1)·H/P of every round, with its own outer optimizer state:
