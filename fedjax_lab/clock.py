@@ -59,7 +59,7 @@ DEADLINE_MODES = ("partial", "drop")
 
 def _server_rules():
   from fedjax_lab.outer import async_rules  # pylint: disable=g-import-not-at-top
-  return sorted(async_rules.SERVER_RULES)
+  return async_rules.SERVER_RULES.names()
 
 
 _F = spec.field

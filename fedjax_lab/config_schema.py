@@ -167,16 +167,6 @@ def _set(group) -> Dict[str, Any]:
   return {k: v for k, v in spec.plain(group).items() if v is not None}
 
 
-def outer_hparams(config) -> Dict[str, Any]:
-  """The outer hyperparameters that are set (None = the algorithm's default)."""
-  return _set(config.outer.hparams)
-
-
-def comm_hparams(config) -> Dict[str, Any]:
-  """The compressor hyperparameters that are set (None = its default)."""
-  return _set(config.comm.hparams)
-
-
 def _refusal(prefix: str, allowed, error: Exception) -> str:
   """A factory's refusal, under the name of the hparam it is about."""
   text = " ".join(str(error).split())

@@ -18,16 +18,12 @@ on those parts: the devices, the clock, the population and the data.
 import ml_collections
 
 from fedjax_lab import config_schema
-from fedjax_lab.config_schema import add_unset_hparams  # noqa: F401 (re-exported)
-from fedjax_lab.config_schema import comm_hparams  # noqa: F401 (re-exported)
 from fedjax_lab.config_schema import ConfigError
-from fedjax_lab.config_schema import outer_hparams  # noqa: F401 (re-exported)
 from fedjax_lab.config_schema import Parts
-from fedjax_lab.config_schema import registry_hparams  # noqa: F401 (re-exported)
-from fedjax_lab.config_schema import show
 from fedjax_lab.data.partition import CLIENT_METHODS as CLIENT_PARTITIONS
 from fedjax_lab.data.partition import METHODS as PARTITIONS
 from fedjax_lab.outer import async_rules
+from fedjax_lab.spec import show
 
 
 def check_consistency(parts: Parts, *, device_count: int) -> None:

@@ -339,7 +339,7 @@ def test_bad_inputs_name_the_field():
     al.AsyncProfile((1.0,), grace=-1)
   with pytest.raises(ValueError, match="delay"):
     al.delayed_nesterov(delay=0)
-  with pytest.raises(ValueError, match="unknown 'nesterov'"):
+  with pytest.raises(ValueError, match="clock.async_rule: unknown server rule 'nesterov'"):
     al.server_rule("nesterov", num_workers=2)
   with pytest.raises(ValueError, match="every step"):
     al.AsyncSimulator(engine_for(2, "ddp", optax.sgd(0.1)), al.AsyncProfile((1.0, 2.0)),

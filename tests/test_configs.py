@@ -230,7 +230,6 @@ def test_validation_messages_in_process():
 def test_default_config_switches_algorithm_by_name(name):
   """--config.outer.name=X alone is enough: unset hparams take X's defaults."""
   from configs import default
-  from fedjax_lab import config_validation
   config = default.get_config()
   config.outer.name = name
   if hasattr(__import__("fedjax_lab").outer, f"check_{name}_inner"):
@@ -239,5 +238,6 @@ def test_default_config_switches_algorithm_by_name(name):
     with pytest.raises(config_validation.ConfigError, match=r"^inner\."):
       config_validation.validate(config, device_count=4)
     return
-  config_validation.validate(config, device_count=4)
-  assert config_validation.outer_hparams(config) == {}
+  parts = config_validation.validate(config, device_count=4)
+  assert parts.outer.hparams == {}
+  assert parts.algorithm.name == name

@@ -194,9 +194,26 @@ def test_async_rules_defaults_are_the_documented_ones():
   defaults = lambda f: {k: p.default for k, p in
                         inspect.signature(f).parameters.items()}
   assert defaults(async_rules.delayed_nesterov) == {
-      "learning_rate": 0.7, "momentum": 0.9, "delay": 1}
+      "learning_rate": 0.7, "momentum": 0.9, "delay": None, "num_workers": 1}
   assert defaults(async_rules.vanilla) == {
-      "learning_rate": 0.07, "momentum": 0.9, "weight": 1.0, "nesterov": True}
+      "learning_rate": 0.07, "momentum": 0.9, "weight": None, "nesterov": True,
+      "num_workers": 1}
+  # The M-dependent defaults: vanilla's w = 1/√M (M = 4: one plain SGD step
+  # of 0.5·Δ), DN's N = M (M = 3: the momentum moves on the 3rd arrival only).
+  delta = {"x": jnp.ones([2])}
+  rule = async_rules.server_rule("vanilla", num_workers=4, momentum=0.0,
+                                 learning_rate=1.0)
+  up, _ = rule.update(delta, rule.init(delta))
+  np.testing.assert_allclose(up["x"], -0.5 * np.ones(2))
+  dn = async_rules.server_rule("delayed_nesterov", num_workers=3,
+                               learning_rate=1.0, momentum=0.5)
+  state = dn.init(delta)
+  steps = []
+  for _ in range(3):
+    up, state = dn.update(delta, state)
+    steps.append(float(up["x"][0]))
+  # Arrivals 1, 2: −Δ/N; arrival 3: −(Δ/N + β·m), m = (3Δ)/N = Δ.
+  np.testing.assert_allclose(steps, [-1 / 3, -1 / 3, -(1 / 3 + 0.5)], rtol=1e-6)
 
 
 def test_sync_compressor_keys_are_apart_from_every_step_key():

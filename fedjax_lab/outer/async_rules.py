@@ -8,9 +8,8 @@ up to one Nesterov step on their mean). The simulation that applies them is
 fedjax_lab/async_local_sgd.py.
 """
 
-import inspect
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ import optax
 from fedjax_lab.outer.base import check_nonnegative
 from fedjax_lab.outer.base import check_positive_int
 from fedjax_lab.outer.base import check_unit_interval
+from fedjax_lab.registry import Registry
 
 
 class DelayedNesterovState(NamedTuple):
@@ -28,28 +28,34 @@ class DelayedNesterovState(NamedTuple):
 
 
 def vanilla(*, learning_rate: float = 0.07, momentum: float = 0.9,
-            weight: float = 1.0, nesterov: bool = True
-            ) -> optax.GradientTransformation:
+            weight: Optional[float] = None, nesterov: bool = True,
+            num_workers: int = 1) -> optax.GradientTransformation:
   """One SGD step per arrival on g = w·Δ_i: b ← μb + g; θ ← θ − η(g + μb)
-  (Nesterov; θ ← θ − ηb without). The paper's w is 1/√M (`server_rule`)."""
+  (Nesterov; θ ← θ − ηb without). w defaults to the paper's 1/√M, M =
+  `num_workers`."""
   lr = check_nonnegative("learning_rate", learning_rate)
   mu = check_unit_interval("momentum", momentum)
-  w = check_nonnegative("weight", weight)
+  m = check_positive_int("num_workers", num_workers)
+  w = check_nonnegative("weight", 1.0 / math.sqrt(m) if weight is None
+                        else weight)
   return optax.chain(optax.scale(w), optax.sgd(
       lr, momentum=mu if mu > 0 else None, nesterov=bool(nesterov) and mu > 0))
 
 
 def delayed_nesterov(*, learning_rate: float = 0.7, momentum: float = 0.9,
-                     delay: int = 1) -> optax.GradientTransformation:
+                     delay: Optional[int] = None, num_workers: int = 1
+                     ) -> optax.GradientTransformation:
   """Delayed Nesterov DN(N), the paper's Algorithm 3.
 
   Per arrival Δ_i: buf += Δ_i; on every N-th arrival m ← βm + buf/N,
   θ ← θ − η(Δ_i/N + βm), buf ← 0; otherwise θ ← θ − ηΔ_i/N. N arrivals
   from one θ add up to one Nesterov step on their mean (DiLoCo's outer step).
+  N (`delay`) defaults to the paper's M = `num_workers`.
   """
   lr = check_nonnegative("learning_rate", learning_rate)
   beta = check_unit_interval("momentum", momentum)
-  n = check_positive_int("delay", delay)
+  m = check_positive_int("num_workers", num_workers)
+  n = check_positive_int("delay", m if delay is None else delay)
 
   def init(params):
     zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # Two buffers.
@@ -71,24 +77,19 @@ def delayed_nesterov(*, learning_rate: float = 0.7, momentum: float = 0.9,
   return optax.GradientTransformation(init, update)
 
 
-# name -> (factory, its M-dependent defaults: the paper's w = 1/√M, N = M).
-SERVER_RULES = {
-    "vanilla": (vanilla, lambda m: {"weight": 1.0 / math.sqrt(m)}),
-    "delayed_nesterov": (delayed_nesterov, lambda m: {"delay": m}),
-}
+# The server rules (clock.async_rule). Each takes the number of workers M for
+# its paper defaults (w = 1/√M, N = M).
+SERVER_RULES = Registry("server rule", "clock.async_rule", {
+    "vanilla": vanilla, "delayed_nesterov": delayed_nesterov})
 
 
 def server_rule(name: str, *, num_workers: int, **hparams
                 ) -> optax.GradientTransformation:
-  """A server rule from `SERVER_RULES`, with its defaults for M workers."""
-  if name not in SERVER_RULES:
-    raise ValueError(f"server rule: unknown {name!r}; known: "
-                     f"{', '.join(sorted(SERVER_RULES))}")
-  factory, defaults = SERVER_RULES[name]
-  return factory(**{**defaults(num_workers), **hparams})
+  """Server rule `name` for `num_workers` workers (ValueError naming
+  clock.async_rule when there is none of that name)."""
+  return SERVER_RULES.get(name, num_workers=num_workers, **hparams)
 
 
 def rule_hparams(name: str) -> frozenset:
   """The hyperparameters server rule `name` takes (its factory's keywords)."""
-  factory, _ = SERVER_RULES[name]
-  return frozenset(inspect.signature(factory).parameters)
+  return frozenset(SERVER_RULES.parameters(name)) - {"num_workers"}

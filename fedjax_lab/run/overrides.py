@@ -13,7 +13,7 @@ from typing import Any, Dict
 import ml_collections
 
 from fedjax_lab.config_validation import ConfigError
-from fedjax_lab.config_validation import show
+from fedjax_lab.spec import show
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

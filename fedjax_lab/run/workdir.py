@@ -13,8 +13,8 @@ import socket
 from typing import Any, Dict, Optional, Tuple
 
 from fedjax_lab.config_validation import ConfigError
-from fedjax_lab.config_validation import show
 from fedjax_lab.run import progress
+from fedjax_lab.spec import show
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = "run.lock"
