@@ -74,3 +74,17 @@ def sigkill_when(child, ready, *, timeout=300.0, poll=0.005):
       child.wait(timeout=30)
   assert child.returncode == -signal.SIGKILL, child.returncode
   return got
+
+
+def plant_comparison(monkeypatch, module, planted, seen):
+  """Replaces `module.run_comparison` with one that runs nothing: each arm
+  completes with the test loss `planted` gives its key (the arm's name
+  without its budget prefix and seed suffix, '1x_diloco_s0' → 'diloco');
+  the names of the arms it was asked for are appended to `seen`."""
+  def fake_comparison(base, arms, workdir, reuse=True):
+    del base, workdir, reuse
+    seen.extend(a["name"] for a in arms)
+    return [{"name": a["name"], "status": "completed",
+             "final_test": {"loss": planted[a["name"][3:].rsplit("_s", 1)[0]]}}
+            for a in arms]
+  monkeypatch.setattr(module, "run_comparison", fake_comparison)

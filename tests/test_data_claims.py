@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
+from _runner_util import plant_comparison  # Also puts the repo root on sys.path.
 from configs import compare as compare_config
 from experiments.study import claims
 from experiments.study import data_claims
@@ -216,15 +216,7 @@ def test_run_claims_runs_the_shared_arm_once(monkeypatch, tmp_path):
   planted = {"diloco": 2.0, "diloco_noniid": 1.994, "diloco_M8": 2.0,
              "diloco_M8_noniid": 2.06, "fedavg": 2.2, "fedadam": 2.1}
   seen = []
-
-  def fake_comparison(base, arms, workdir, reuse=True):
-    del base, workdir, reuse
-    seen.extend(a["name"] for a in arms)
-    return [{"name": a["name"], "status": "completed",
-             "final_test": {"loss": planted[a["name"][3:].rsplit("_s", 1)[0]]}}
-            for a in arms]
-
-  monkeypatch.setattr(claims, "run_comparison", fake_comparison)
+  plant_comparison(monkeypatch, claims, planted, seen)
   base = compare_config.get_config("smoke")
   outcomes = claims.run_claims(base, compare_config.tuned_arm, str(tmp_path),
                                size="smoke", seeds=2,

@@ -3,7 +3,7 @@ DES-LOC claims' judges on hand-made losses, and their arms."""
 
 import pytest
 
-from _runner_util import REPO  # noqa: F401  (puts the repo root on sys.path)
+from _runner_util import plant_comparison  # Also puts the repo root on sys.path.
 from configs import compare as compare_config
 from experiments.study import claims
 from experiments.study import frontier_claims
@@ -161,15 +161,7 @@ def test_run_claims_runs_the_diloco_arm_once(monkeypatch, tmp_path):
   planted = {"diloco": 2.0, "muloco": 1.9, "sparseloco": 2.1, "noloco": 2.0,
              "local_adam": 2.0, "desloc": 2.004}
   seen = []
-
-  def fake_comparison(base, arms, workdir, reuse=True):
-    del base, workdir, reuse
-    seen.extend(a["name"] for a in arms)
-    return [{"name": a["name"], "status": "completed",
-             "final_test": {"loss": planted[a["name"][3:].rsplit("_s", 1)[0]]}}
-            for a in arms]
-
-  monkeypatch.setattr(claims, "run_comparison", fake_comparison)
+  plant_comparison(monkeypatch, claims, planted, seen)
   base = compare_config.get_config("smoke")
   outcomes = claims.run_claims(base, compare_config.tuned_arm, str(tmp_path),
                                size="smoke", seeds=2, only=list(IDS))
