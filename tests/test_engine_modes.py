@@ -103,6 +103,10 @@ def test_sharded_over_8_devices_equals_one_device(name, mode):
     assert_close(x, y, 1e-6)
   assert_close(sa, sb, 1e-6)
   assert engine.compiled_rounds() == 1  # One program on the 8-device mesh.
+  if sb.replica_params is not None:  # Really sharded: one replica a device.
+    leaf = jax.tree.leaves(sb.replica_params)[0]
+    assert len(leaf.sharding.device_set) == 8
+    assert leaf.addressable_shards[0].data.shape[0] == 1
 
 
 # Pinned by hand, not derived from the algorithms' own flags: the rules whose
