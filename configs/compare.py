@@ -29,7 +29,7 @@ Protocol (docs/results.md):
    several seeds and report the test split (whole split): mean ± std and
    min–max over seeds; curves are the seed mean with a min–max band.
 
-Run (the default sweep: 4 arms × 3 seeds, about 15 minutes on 2 CPU cores):
+Run (the default sweep: 4 arms × 3 seeds, about 26 minutes on 2 CPU cores):
   python experiments/compare.py --config=configs/compare.py --workdir=runs/compare
 Other sweeps (see SWEEPS): --sweep=main_full (every arm × 3 seeds; with the
 same --workdir it reuses the default sweep's runs),
