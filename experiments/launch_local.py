@@ -29,6 +29,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def without_device_count(xla_flags: str) -> str:
+  """`xla_flags` less any forced host device count (each child sets its own
+  through FEDJAX_LAB_NUM_CPU_DEVICES); the user's other XLA flags stay."""
+  return " ".join(f for f in xla_flags.split()
+                  if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def _pump(proc, prefix, out):
   for line in iter(proc.stdout.readline, b""):
     out.write(f"[{prefix}] {line.decode(errors='replace')}")
@@ -52,7 +59,9 @@ def launch(command, *, num_processes: int, devices_per_process: int,
         "PYTHONUNBUFFERED": "1",
     })
     # A forced device count from the parent would fight the per-process one.
-    child_env.pop("XLA_FLAGS", None)
+    flags = without_device_count(child_env.pop("XLA_FLAGS", ""))
+    if flags:
+      child_env["XLA_FLAGS"] = flags
     proc = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     threading.Thread(target=_pump, args=(proc, f"p{i}", sys.stdout),

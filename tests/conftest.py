@@ -2,8 +2,11 @@
 
 import os
 
-# Must happen before jax is imported anywhere: sharding tests need 8 devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from _runner_util import xla_flags  # Imports no jax.
+
+# Must happen before jax is imported anywhere: sharding tests need 8 devices;
+# the compiler settings are _runner_util.TEST_COMPILE_FLAGS'.
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import atexit  # noqa: E402

@@ -65,6 +65,16 @@ def run(name, mesh, rounds=2, m=M):
   return state, engine
 
 
+def tolerance(name):
+  """Float32 sums in another order (a matmul split 4 ways) leave parameters of
+  size ~1 a few ulps (2**-23 ≈ 1.2e-7 each) apart: 1e-6 holds them. SCAFFOLD's
+  control variates are parameter differences divided by K·η_l (H local steps
+  × its local lr = 0.1), which scales those ulps by 1 / (K·η_l)."""
+  if name == "scaffold":
+    return 1e-6 / (H * REQUIRED["scaffold"]["local_lr"])
+  return 1e-6
+
+
 def assert_close(a, b, tol=1e-6):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
@@ -85,7 +95,7 @@ def test_2d_mesh_equals_one_device(name, shape):
   assert dict(mesh.shape) == {"replicas": shape[0], "model": shape[1]}
   a, _ = run(name, None)
   b, engine = run(name, mesh)
-  assert_close(a, b)
+  assert_close(a, b, tolerance(name))
   assert engine.compiled_rounds() == 1
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from _runner_util import cli_env
+from experiments import launch_local
 from fedjax_lab import outer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +116,9 @@ def start_processes(commands, envs):
   procs = []
   for command, env in zip(commands, envs):
     env = dict(env, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # Each process sets its own device count.
+    # Each process sets its own device count; the compiler flags stay.
+    env["XLA_FLAGS"] = launch_local.without_device_count(
+        env.get("XLA_FLAGS", ""))
     procs.append(subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, cwd=ROOT))
@@ -137,7 +140,7 @@ def launcher_env(i, port, num_processes=2, devices=4, base=None):
               FEDJAX_LAB_NUM_CPU_DEVICES=str(devices))
 
 
-def kill_one_of_two(command, ready, *, base_env=None, bound=180):
+def kill_one_of_two(command, ready, log_dir, *, base_env=None, bound=180):
   """Starts `command` as 2 processes (4 CPU devices each) on 127.0.0.1, waits
   until `ready()`, SIGKILLs process 1 and waits for process 0 to stop by
   itself (JAX's heartbeat). `bound` only keeps a hang from hanging the suite.
@@ -169,8 +172,7 @@ def kill_one_of_two(command, ready, *, base_env=None, bound=180):
     kill_all(procs)
   out = out.decode(errors="replace")
   # Kept for a reader of a failure (the assertion shows only its tail).
-  with open(os.path.join(os.environ.get("FEDJAX_LAB_SURVIVOR_LOG_DIR", "/tmp"),
-                         f"survivor_{port}.log"), "w") as f:
+  with open(os.path.join(log_dir, "survivor.log"), "w") as f:
     f.write(out)
   return out, procs[0].returncode
 
@@ -195,7 +197,7 @@ def test_lost_peer_stops_the_survivor(tmp_path):
       [sys.executable, WORKER, f"--out={tmp_path}", "--rounds=1",
        "--stall_after=1"],
       # Under way once process 0 has written a round.
-      lambda: os.path.exists(f"{tmp_path}/round1.npz"))
+      lambda: os.path.exists(f"{tmp_path}/round1.npz"), tmp_path)
   assert code not in (0, None, -signal.SIGKILL), code
   assert names_the_lost_process(out), out[-2000:]
 
@@ -398,7 +400,7 @@ def test_killed_run_py_stops_and_restart_resumes(data_dir, reference,
   out, code = kill_one_of_two(
       run_args(data_dir, workdir, 100000),
       lambda: len(steps()) >= 2,  # Two finalised checkpoints.
-      base_env=cli_env(data_dir, devices=8))
+      tmp_path, base_env=cli_env(data_dir, devices=8))
   assert code not in (0, None, -signal.SIGKILL), code
   assert names_the_lost_process(out), out[-2000:]
   last = steps()[-1]

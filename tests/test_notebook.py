@@ -10,6 +10,7 @@ import os
 import pytest
 
 from _runner_util import REPO
+from _runner_util import xla_flags
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 
@@ -23,7 +24,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   # The notebook's workdirs (tempfile.mkdtemp) go under this test's directory.
   monkeypatch.setenv("TMPDIR", str(tmp_path))
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
