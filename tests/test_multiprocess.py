@@ -67,6 +67,15 @@ def assert_rounds_equal(two, one, rounds, what):
   assert not np.allclose(first["w1"], last["w1"]), what
 
 
+def test_launcher_passes_xla_flags_on_but_the_device_count():
+  """Each child sets its own device count; the parent's other flags stay."""
+  flags = ("--xla_backend_optimization_level=0 "
+           "--xla_force_host_platform_device_count=8 --xla_dump_to=/d")
+  assert launch_local.without_device_count(flags) == (
+      "--xla_backend_optimization_level=0 --xla_dump_to=/d")
+  assert launch_local.without_device_count("") == ""
+
+
 def test_two_processes_equal_one_for_every_registry_entry(tmp_path):
   """A replica mesh over 2 processes × 4 devices == over 1 × 8, for every
   entry of the registry. One process pair (and one single process) runs all
