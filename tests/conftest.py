@@ -27,3 +27,12 @@ os.environ["FEDJAX_LAB_TEST_COMPILE_CACHE"] = COMPILE_CACHE
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """On an xdist worker: the slow tier first. pytest.ini's --dist=loadgroup
+  hands tests out a few at a time in this order, so the long end-to-end runs
+  start early and both workers end on short tests together. (Every worker
+  sorts the same collection the same way, as xdist requires.)"""
+  if hasattr(config, "workerinput"):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -41,8 +41,11 @@ def main():
                       help="devices each replica is sharded over (2-D mesh)")
   parser.add_argument("--stall_after", type=int, default=-1,
                       help="after this round, keep running rounds slowly")
+  parser.add_argument("--heartbeat_timeout_seconds", type=int, default=None,
+                      help="a peer silent this long is declared lost")
   args = parser.parse_args()
-  distributed.initialize()
+  distributed.initialize(distributed.config_from_env(
+      heartbeat_timeout_seconds=args.heartbeat_timeout_seconds))
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp

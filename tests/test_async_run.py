@@ -45,6 +45,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 def test_async_run_records_clock_and_staleness_and_resumes_bit_identically(
     tmp_path, data_dir, capsys, monkeypatch):

@@ -47,7 +47,10 @@ def smoke_run(data_dir, tmp_path_factory):  # noqa: F811
   return proc, root, args, env
 
 
+# The tests of the shared smoke run stay on one xdist worker (pytest.ini's
+# --dist=loadgroup), which makes the run once.
 @pytest.mark.slow
+@pytest.mark.xdist_group("claims_smoke_run")
 def test_smoke_claims_all_judged(smoke_run):
   proc, root, _, _ = smoke_run
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,6 +65,7 @@ def test_smoke_claims_all_judged(smoke_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("claims_smoke_run")
 def test_an_arm_that_does_not_count_makes_its_claim_not_run(
     smoke_run, tmp_path, data_dir):  # noqa: F811
   proc, root, args, env = smoke_run

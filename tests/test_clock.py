@@ -304,6 +304,7 @@ def _rows(workdir):
   return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_identically_clock_included(tmp_path,
                                                                 data_dir):
   # Streaming with overlap (a merge carried into the next round), transient

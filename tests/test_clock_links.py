@@ -252,6 +252,7 @@ def _rows(workdir):
 # (run/async_rounds.py); wait_all's run goes through the same
 # NetworkProfile.build that the clock-level tests above pin for every policy,
 # so a second ~50 s run would add only time.
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["async"])
 def test_runs_with_equal_islands_are_bit_identical(tmp_path, data_dir, policy):
   base = {"data.data_dir": str(data_dir), "train.tensorboard": False,

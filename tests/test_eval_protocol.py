@@ -115,6 +115,7 @@ def data_dir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_run_reports_validation_and_test_and_drops_outer_gradients(
     data_dir, tmp_path):
   config = smoke.get_config()

@@ -149,6 +149,11 @@ def launcher_env(i, port, num_processes=2, devices=4, base=None):
               FEDJAX_LAB_NUM_CPU_DEVICES=str(devices))
 
 
+# The lost-peer tests wait out JAX's heartbeat: shorter than the library's
+# 20 s default (a busy 2-core machine still answers within it).
+HEARTBEAT_S = 8
+
+
 def kill_one_of_two(command, ready, log_dir, *, base_env=None, bound=180):
   """Starts `command` as 2 processes (4 CPU devices each) on 127.0.0.1, waits
   until `ready()`, SIGKILLs process 1 and waits for process 0 to stop by
@@ -204,7 +209,7 @@ def test_lost_peer_stops_the_survivor(tmp_path):
   the lost process."""
   out, code = kill_one_of_two(
       [sys.executable, WORKER, f"--out={tmp_path}", "--rounds=1",
-       "--stall_after=1"],
+       "--stall_after=1", f"--heartbeat_timeout_seconds={HEARTBEAT_S}"],
       # Under way once process 0 has written a round.
       lambda: os.path.exists(f"{tmp_path}/round1.npz"), tmp_path)
   assert code not in (0, None, -signal.SIGKILL), code
@@ -373,6 +378,7 @@ def reference(data_dir, tmp_path_factory):
   return summary, rows, workdir
 
 
+@pytest.mark.xdist_group("multiprocess_reference")  # One reference run.
 def test_run_py_two_processes_then_resumed_with_one(data_dir, reference,
                                                     tmp_path):
   """run.py on 2 processes × 4 devices (started with --coordinator_address
@@ -395,6 +401,7 @@ def test_run_py_two_processes_then_resumed_with_one(data_dir, reference,
   assert_same_run(resumed, rows, workdir, ref_summary, ref_rows, ref_dir)
 
 
+@pytest.mark.xdist_group("multiprocess_reference")
 def test_killed_run_py_stops_and_restart_resumes(data_dir, reference,
                                                  tmp_path):
   """run.py across 2 processes: kill one after a checkpoint; the other stops
@@ -407,7 +414,8 @@ def test_killed_run_py_stops_and_restart_resumes(data_dir, reference,
   steps = lambda: sorted(int(p.name) for p in ckpt_dir.glob("*")
                          if p.name.isdigit()) if ckpt_dir.exists() else []
   out, code = kill_one_of_two(
-      run_args(data_dir, workdir, 100000),
+      run_args(data_dir, workdir, 100000,
+               f"--heartbeat_timeout_seconds={HEARTBEAT_S}"),
       lambda: len(steps()) >= 2,  # Two finalised checkpoints.
       tmp_path, base_env=cli_env(data_dir, devices=8))
   assert code not in (0, None, -signal.SIGKILL), code

@@ -154,6 +154,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_population_resumes_bit_identically(tmp_path, data_dir):
   config = _config(data_dir, "scaffold", **{
       "train.num_clients": 6, "data.partition": "by_file",

@@ -67,6 +67,8 @@ def first_half(data_dir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("readme_first_half")  # One first half.
 def test_run_resumed_on_another_mesh_shape_ends_as_uninterrupted(
     data_dir, first_half, tmp_path):
   workdir = tmp_path / "resumed"
@@ -92,6 +94,8 @@ def test_run_resumed_on_another_mesh_shape_ends_as_uninterrupted(
                                  atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("readme_first_half")
 def test_run_resumes_with_another_model_axis(data_dir, first_half, tmp_path):
   workdir = tmp_path / "resumed"
   shutil.copytree(first_half, workdir)
@@ -175,6 +179,7 @@ class _Rerun(Exception):
   """Raised instead of running an arm again."""
 
 
+@pytest.mark.slow
 def test_comparison_reuses_a_run_only_with_an_identical_config(
     data_dir, tmp_path, monkeypatch):
   from fedjax_lab.run import compare  # pylint: disable=g-import-not-at-top

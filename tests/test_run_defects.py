@@ -366,6 +366,7 @@ def test_long_causes_keep_their_end():
 # 9 and 8. Bit rot in a checkpoint is found; the warning shows the cause.
 
 
+@pytest.mark.slow
 def test_bit_flipped_checkpoint_falls_back(tmp_path, data_dir, caplog):
   workdir = tmp_path / "run"
   config = smoke_config(data_dir, **{"train.rounds": 4, "train.eval_every": 0})

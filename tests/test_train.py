@@ -147,6 +147,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
 # Checkpoints: half-written, corrupt, incompatible.
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_and_tmp_is_ignored(
     tmp_path, data_dir):
   workdir = str(tmp_path / "run")
@@ -210,6 +211,7 @@ def test_nan_replica_is_dropped_and_run_finishes_finite(tmp_path, data_dir,
   assert all(_finite(r["train/loss"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_nan_replica_under_stop_policy_exits_cleanly(tmp_path, data_dir):
   workdir = tmp_path / "run"
   proc = run_cli("tests/fault_run.py", [
