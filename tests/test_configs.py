@@ -129,18 +129,23 @@ def test_sweeps_keep_the_token_budget_and_validate(sweep, tuned_every_setting):
 def test_default_sweep_is_the_tuned_main_arms_over_seeds(tuned_every_setting):
   base = compare_config.get_config()
   arms = compare_config.get_sweep(base, "default")
-  assert {a["group"] for a in arms} == set(compare_config.DEFAULT_ARMS)
-  assert len(arms) == len(compare_config.DEFAULT_ARMS) * len(
-      compare_config.DEFAULT_SEEDS)
-  assert len(compare_config.DEFAULT_SEEDS) == 3
-  # The hetero setting: the same arms and seeds on by_content islands, at
+  assert {a["group"] for a in arms} == {"ddp", "diloco", "fedadam"}
+  assert [a["overrides"]["train.seed"] for a in arms
+          if a["group"] == "ddp"] == [0, 1]
+  # The hetero setting: the lead arms over 3 seeds on by_content islands, at
   # its own tuned points, with names that cannot clash with the main's.
   hetero = compare_config.get_sweep(base, "hetero")
-  assert [a["group"] for a in hetero] == [a["group"] for a in arms]
+  assert [a["group"] for a in hetero] == [
+      k for k in ("ddp", "diloco", "diloco_m1", "fedadam") for _ in range(3)]
   assert all(a["overrides"]["data.partition"] == "by_content" for a in hetero)
   assert not {a["name"] for a in hetero} & {a["name"] for a in arms}
   assert all("data.partition" not in a["overrides"] for a in arms)
   full = compare_config.get_sweep(base, "main_full")
+  # Every arm over 3 seeds, the default's runs among them (reused by name
+  # and config in the same workdir).
+  assert len(full) == 3 * len(compare_config.MAIN_ARMS)
+  by_name = {a["name"]: a["overrides"] for a in full}
+  assert all(by_name[a["name"]] == a["overrides"] for a in arms)
   algorithms = {a["overrides"]["outer.name"] for a in full}
   assert {"ddp", "diloco", "fedavg", "fedadam", "easgd", "fedprox", "papa",
           "demo"} <= algorithms
