@@ -67,7 +67,7 @@ def test_by_content_equal_deterministic_and_4x_by_source(lm_train):
   by_source = data.partition(lm_train, 4, method="by_source")
   jsd = data.heterogeneity(lm_train, shards)
   assert jsd > 4 * data.heterogeneity(lm_train, by_source)
-  assert jsd == pytest.approx(0.0196, abs=0.001)  # docs/results.md.
+  assert jsd == pytest.approx(0.0200, abs=0.0002)  # docs/results.md.
   with pytest.raises(ValueError, match="by_content"):
     data.partition(_labelled(), 2, method="by_content")
 
