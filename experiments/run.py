@@ -37,6 +37,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fedjax_lab import cli
+from fedjax_lab import config_validation
 from fedjax_lab import distributed
 from fedjax_lab import run as run_lib
 
@@ -81,6 +82,10 @@ def main(argv):
     print(config)
     return
   workdir = cli.workdir_ok(_WORKDIR.value)
+  try:  # Before JAX's runtime starts: a mistake is one line, and quick.
+    config_validation.validate(config, device_count=None)
+  except run_lib.ConfigError as e:
+    cli.fail(2, f"config: {e}")
   try:
     distributed.initialize(distributed.config_from_env(
         coordinator_address=_COORDINATOR.value,

@@ -15,6 +15,8 @@ on those parts: the devices, the clock, the population and the data.
 `validate` reads and checks, and returns the parts a run is built from.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from fedjax_lab import config_schema
@@ -26,15 +28,31 @@ from fedjax_lab.outer import async_rules
 from fedjax_lab.spec import show
 
 
-def check_consistency(parts: Parts, *, device_count: int) -> None:
-  """Cross-group checks that need no data (devices, the algorithm)."""
-  m = parts.train.num_replicas
+def check_consistency(parts: Parts, *, device_count: Optional[int]) -> None:
+  """Cross-group checks that need no data (devices, the algorithm).
+
+  `device_count` None: before the devices are known (a CLI checks the config
+  before it starts JAX's runtime); the mesh checks that need the count wait
+  for the call with it.
+  """
+  if parts.train.outer_drop_prob and parts.algorithm.every_step:
+    raise ConfigError(
+        f"train.outer_drop_prob: {parts.outer.name!r} synchronises every "
+        "step (it has no outer gradient to drop); allowed: 0 for it, or an "
+        "algorithm with an outer step")
+  if device_count is None:
+    return  # The mesh checks: with the count (the first is against it).
   n = parts.mesh.num_devices
   if n > device_count:
     raise ConfigError(f"mesh.num_devices: {n} devices asked for, this "
                       f"machine has {device_count}; allowed: 0 (no mesh), "
                       f"-1 (all) or 1..{device_count}")
-  devices = device_count if n == -1 else n
+  _check_mesh(parts, device_count if n == -1 else n)
+
+
+def _check_mesh(parts: Parts, devices: int) -> None:
+  """The replicas and the model axis fit a mesh of `devices` devices."""
+  m, n = parts.train.num_replicas, parts.mesh.num_devices
   k = parts.mesh.model_devices
   if k > 1 and devices == 0:
     raise ConfigError(f"mesh.model_devices: {k} needs a mesh; set "
@@ -49,11 +67,6 @@ def check_consistency(parts: Parts, *, device_count: int) -> None:
         f"train.num_replicas: {m} replicas do not divide over "
         f"mesh.num_devices={n} ({shards} replica slots); use a multiple of "
         f"{shards}, or set mesh.num_devices to a divisor of {m} or 0 (no mesh)")
-  if parts.train.outer_drop_prob and parts.algorithm.every_step:
-    raise ConfigError(
-        f"train.outer_drop_prob: {parts.outer.name!r} synchronises every "
-        "step (it has no outer gradient to drop); allowed: 0 for it, or an "
-        "algorithm with an outer step")
 
 
 def check_clock(parts: Parts) -> None:
@@ -192,9 +205,10 @@ def check_data(parts: Parts, train_source, eval_source, shards) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, *,
-             device_count: int) -> Parts:
+             device_count: Optional[int]) -> Parts:
   """Reads the config into its parts and runs every check that needs no data
-  and no files, in order.
+  and no files, in order (those that need the device count only when it is
+  given).
 
   Returns:
     The config's `Parts` (read once: build the run from them).

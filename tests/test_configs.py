@@ -229,6 +229,13 @@ def test_validation_messages_in_process():
   config.mesh.num_devices = 4
   with pytest.raises(config_validation.ConfigError, match="mesh.num_devices"):
     config_validation.validate(config, device_count=2)
+  # Before the devices are known (a CLI, before JAX's runtime starts) the
+  # checks that need their count wait; the others run.
+  config_validation.validate(config, device_count=None)
+  config.mesh.num_devices = 0
+  config.train.seed = -1
+  with pytest.raises(config_validation.ConfigError, match="train.seed"):
+    config_validation.validate(config, device_count=None)
 
 
 @pytest.mark.parametrize("name", sorted(__import__("fedjax_lab").outer.names()))

@@ -86,6 +86,8 @@ def test_nonfinite_values_exit_2_naming_the_field(tmp_path, data_dir, override,
   proc = cli(data_dir, workdir, f"--config.{override}")
   assert proc.returncode == 2
   assert field in error_line(proc) and "finite" in error_line(proc)
+  # One line: the config is checked before JAX's runtime starts (and logs).
+  assert proc.stderr.strip().splitlines() == [error_line(proc)]
   assert not workdir.exists()
 
 
