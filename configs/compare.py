@@ -29,8 +29,8 @@ Protocol (docs/results.md):
    several seeds and report the test split (whole split): mean ± std and
    min–max over seeds; curves are the seed mean with a min–max band.
 
-Run (the default sweep: ddp, DiLoCo, FedAdam × 2 seeds, about 14 minutes on
-2 CPU cores):
+Run (the default sweep: ddp, DiLoCo, FedAdam × 2 seeds, 13 min 11 s on 2
+CPU cores):
   python experiments/compare.py --config=configs/compare.py --workdir=runs/compare
 Other sweeps (see SWEEPS): --sweep=main_full (every arm × 3 seeds, 39 runs;
 with the same --workdir it reuses the default sweep's 6 runs),
@@ -101,7 +101,7 @@ MAIN_ARMS = {
 # --sweep=tune_frontier, which adds their points to configs/tuned.json and
 # keeps the others.
 # The README's main command (--sweep=default): data-parallel against the two
-# outer optimizers (Nesterov, Adam) over 2 seeds, 6 runs, ~14 min on 2 CPU
+# outer optimizers (Nesterov, Adam) over 2 seeds, 6 runs, 13 min on 2 CPU
 # cores. The 3-seed tables are --sweep=main_full and --sweep=hetero_full;
 # main_full's runs include the default's (same names and configs: reused).
 DEFAULT_ARMS = ("ddp", "diloco", "fedadam")
